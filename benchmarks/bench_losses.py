@@ -1,0 +1,182 @@
+"""Forward+backward time and peak memory of the KD loss forms, side by side.
+
+Every method starts from the same final hidden states and output weights (student and
+teacher) and includes the output projection, since that is where the forms differ:
+
+* ``naive_jsd``: full ``(tokens, vocab)`` logits and the JSD written with plain autograd
+  (:func:`generalized_jsd`), as one would without this package.
+* ``torchtune_fkl_chunked``: torchtune's ``ForwardKLWithChunkedOutputLoss`` on logits
+  chunked the way ``TransformerDecoder.chunked_output`` chunks them.
+* ``chunked_jsd``: :class:`JSDistillWithChunkedOutputLoss` on the same chunks.
+* ``fused_linear_jsd``: :class:`FusedLinearJSDistillLoss` on hidden states and weights.
+
+Each method runs in its own subprocess so that CPU peak memory (``ru_maxrss`` minus the
+resident size before the first call) is not polluted by the others; on CUDA the peak is
+``torch.cuda.max_memory_allocated`` above the inputs. Time is the median over repeats
+after one warm-up call.
+
+    python benchmarks/bench_losses.py                 # SmolLM2-135M head: 4096 x 49152 x 576
+    python benchmarks/bench_losses.py --json          # one JSON object with the ratios
+    python benchmarks/bench_losses.py --tokens 512    # quicker
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import psutil
+import torch
+
+METHODS = ["naive_jsd", "torchtune_fkl_chunked", "chunked_jsd", "fused_linear_jsd"]
+
+
+def _make_step(method, h, w, th, tw, labels, num_chunks, chunk_size):
+    from torchtune.modules.loss import ForwardKLWithChunkedOutputLoss
+
+    from jsd_loss import (
+        FusedLinearJSDistillLoss,
+        JSDistillWithChunkedOutputLoss,
+        generalized_jsd,
+    )
+
+    def chunked_logits(hidden, weight):
+        return [c @ weight.t() for c in hidden.chunk(num_chunks, dim=1)]
+
+    if method == "naive_jsd":
+        def step():
+            with torch.no_grad():
+                t_logits = th @ tw.t()
+            return generalized_jsd(h @ w.t(), t_logits).mean()
+
+    elif method in ("torchtune_fkl_chunked", "chunked_jsd"):
+        loss_fn = (
+            ForwardKLWithChunkedOutputLoss(num_chunks)
+            if method == "torchtune_fkl_chunked"
+            else JSDistillWithChunkedOutputLoss(num_chunks)
+        )
+
+        def step():
+            with torch.no_grad():
+                t_chunks = chunked_logits(th, tw)
+            return loss_fn(chunked_logits(h, w), t_chunks, labels)
+
+    elif method == "fused_linear_jsd":
+        loss_fn = FusedLinearJSDistillLoss(chunk_size=chunk_size)
+
+        def step():
+            return loss_fn(h, w, th, tw, labels)
+
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return step
+
+
+def run_worker(args) -> dict:
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    g = torch.Generator().manual_seed(0)
+    shape_h = (1, args.tokens, args.hidden)
+    h = (torch.randn(shape_h, generator=g) * 0.5).to(device, dtype).requires_grad_(True)
+    w = (torch.randn(args.vocab, args.hidden, generator=g) * 0.05).to(device, dtype)
+    w.requires_grad_(True)
+    th = (torch.randn(shape_h, generator=g) * 0.5).to(device, dtype)
+    tw = (torch.randn(args.vocab, args.hidden, generator=g) * 0.05).to(device, dtype)
+    labels = torch.randint(0, args.vocab, (1, args.tokens), generator=g).to(device)
+    step = _make_step(args.method, h, w, th, tw, labels, args.num_chunks, args.chunk_size)
+
+    def run_once():
+        h.grad = w.grad = None
+        step().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = psutil.Process().memory_info().rss
+    times = []
+    for i in range(args.repeats + 1):
+        t0 = time.perf_counter()
+        run_once()
+        if i > 0:  # the first call is a warm-up
+            times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"method": args.method, "time_s": statistics.median(times), "peak_bytes": peak}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--vocab", type=int, default=49152)
+    p.add_argument("--hidden", type=int, default=576)
+    p.add_argument("--num-chunks", type=int, default=8)
+    p.add_argument("--chunk-size", type=int, default=256, help="fused-linear token chunk")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default=None, help="default: every device present (cpu, cuda)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.method:  # worker subprocess
+        print(json.dumps(run_worker(args)))
+        return
+
+    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    report = {
+        "config": {k: getattr(args, k) for k in ("tokens", "vocab", "hidden", "num_chunks", "chunk_size", "repeats", "dtype")},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "results": {},
+    }
+    for device in devices:
+        rows = {}
+        for method in METHODS:
+            cmd = [sys.executable, __file__, "--method", method, "--device", device]
+            for k in ("tokens", "vocab", "hidden", "num_chunks", "chunk_size", "repeats", "dtype"):
+                cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows[method] = json.loads(out.strip().splitlines()[-1])
+        naive, fused = rows["naive_jsd"], rows["fused_linear_jsd"]
+        ratios = {
+            "fused_vs_naive_peak_memory": fused["peak_bytes"] / naive["peak_bytes"],
+            "fused_vs_naive_time": fused["time_s"] / naive["time_s"],
+            "chunked_vs_torchtune_fkl_time": rows["chunked_jsd"]["time_s"]
+            / rows["torchtune_fkl_chunked"]["time_s"],
+        }
+        report["results"][device] = {"methods": rows, **ratios}
+
+    # top-level keys: the first device measured (CPU) unless --device chose one
+    first = report["results"][devices[0]]
+    for key in ("fused_vs_naive_peak_memory", "fused_vs_naive_time", "chunked_vs_torchtune_fkl_time"):
+        report[key] = first[key]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    c = report["config"]
+    print(f"tokens={c['tokens']} vocab={c['vocab']} hidden={c['hidden']} dtype={c['dtype']} "
+          f"repeats={c['repeats']} torch={report['torch']} threads={report['threads']}")
+    for device, res in report["results"].items():
+        naive = res["methods"]["naive_jsd"]
+        print(f"\n[{device}]")
+        print(f"| method | fwd+bwd time (s) | peak memory (MiB) | time vs naive | memory vs naive |")
+        print("|---|---|---|---|---|")
+        for method, r in res["methods"].items():
+            print(f"| {method} | {r['time_s']:.3f} | {r['peak_bytes'] / 2**20:.0f} | "
+                  f"{r['time_s'] / naive['time_s']:.2f}x | {r['peak_bytes'] / naive['peak_bytes']:.3f}x |")
+        print(f"\nfused_vs_naive_peak_memory = {res['fused_vs_naive_peak_memory']:.3f} (target <= 0.15)")
+        print(f"fused_vs_naive_time = {res['fused_vs_naive_time']:.3f} (target <= 1.0)")
+        print(f"chunked_vs_torchtune_fkl_time = {res['chunked_vs_torchtune_fkl_time']:.3f} (target <= 1.1)")
+
+
+if __name__ == "__main__":
+    main()

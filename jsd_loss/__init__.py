@@ -1,0 +1,29 @@
+"""jsd-distill: Jensen-Shannon divergence knowledge distillation for torchtune."""
+
+from jsd_loss.losses import (
+    FusedLinearJSDistillLoss,
+    FusedLinearKLDistillLoss,
+    JSDistillLoss,
+    JSDistillWithChunkedOutputLoss,
+    KLDistillLoss,
+    KLDistillWithChunkedOutputLoss,
+    generalized_jsd,
+    generalized_jsd_and_grad,
+    kl_divergence,
+    student_divergence,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FusedLinearJSDistillLoss",
+    "FusedLinearKLDistillLoss",
+    "JSDistillLoss",
+    "JSDistillWithChunkedOutputLoss",
+    "KLDistillLoss",
+    "KLDistillWithChunkedOutputLoss",
+    "generalized_jsd",
+    "generalized_jsd_and_grad",
+    "kl_divergence",
+    "student_divergence",
+]

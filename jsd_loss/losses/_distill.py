@@ -1,0 +1,111 @@
+"""Token-level distillation losses with torchtune's KD loss interface."""
+
+import torch
+from torch import nn
+
+from jsd_loss.losses._functional import (
+    generalized_jsd,
+    kl_direction_to_beta,
+    student_divergence,
+)
+
+
+class _DivergenceLoss(nn.Module):
+    """Mean of a per-token divergence over the tokens whose label is not ``ignore_index``."""
+
+    def __init__(self, beta: float, temperature: float, ignore_index: int):
+        super().__init__()
+        self.beta = beta
+        self.temperature = temperature
+        self.ignore_index = ignore_index
+        # fail at construction, not at the first training step
+        generalized_jsd(torch.zeros(1, 1), torch.zeros(1, 1), beta, temperature)
+
+    def token_sum(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Sum of the divergence over unmasked tokens; masked rows are never computed."""
+        student_logits = student_logits.reshape(-1, student_logits.size(-1))
+        teacher_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))
+        labels = labels.reshape(-1)
+        if labels.numel() != student_logits.size(0):
+            raise ValueError(
+                f"labels hold {labels.numel()} tokens but the logits hold "
+                f"{student_logits.size(0)}"
+            )
+        keep = labels != self.ignore_index
+        if not bool(keep.all()):  # skip masked rows; the copy is paid only when some are
+            student_logits, teacher_logits = student_logits[keep], teacher_logits[keep]
+        return student_divergence(
+            student_logits, teacher_logits, self.beta, self.temperature
+        ).sum()
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        labels: torch.Tensor,
+        normalize: bool = True,
+    ) -> torch.Tensor:
+        """
+        Args:
+            student_logits (torch.Tensor): student logits of shape (N, V) (or (B, T, V)).
+            teacher_logits (torch.Tensor): teacher logits of the same shape.
+            labels (torch.Tensor): labels of shape (N,) (or (B, T)); tokens equal to
+                ``ignore_index`` do not contribute.
+            normalize (bool): divide by the number of unmasked tokens. Default: True.
+
+        Returns:
+            torch.Tensor: scalar loss (float32, float64 for float64 logits); 0 when every
+            token is masked.
+        """
+        total = self.token_sum(student_logits, teacher_logits, labels)
+        if not normalize:
+            return total
+        return total / (labels != self.ignore_index).sum().clamp(min=1)
+
+
+class JSDistillLoss(_DivergenceLoss):
+    """Generalized Jensen-Shannon divergence distillation loss.
+
+    ``JSD_beta = beta * KL(P_t || M) + (1 - beta) * KL(P_s || M)`` with
+    ``M = beta * P_t + (1 - beta) * P_s``; ``beta = 0`` is the forward KL
+    ``KL(P_t || P_s)`` and ``beta = 1`` the reverse KL ``KL(P_s || P_t)``
+    (see :func:`~jsd_loss.losses.generalized_jsd`). Scaled by ``temperature ** 2``.
+
+    Args:
+        beta (float): teacher weight in the mixture, in [0, 1]. Default: 0.5.
+        temperature (float): softmax temperature for both distributions. Default: 1.0.
+        ignore_index (int): label value of tokens that do not contribute. Default: -100.
+    """
+
+    def __init__(
+        self, beta: float = 0.5, temperature: float = 1.0, ignore_index: int = -100
+    ):
+        super().__init__(beta, temperature, ignore_index)
+
+
+class KLDistillLoss(_DivergenceLoss):
+    """True KL divergence distillation loss (teacher entropy included).
+
+    Differs from :class:`JSDistillLoss` only in the divergence, so a KL baseline and a JSD
+    run are comparable in loss value and variance.
+
+    Args:
+        direction (str): ``"forward"`` for ``KL(P_t || P_s)``, ``"reverse"`` for
+            ``KL(P_s || P_t)``. Default: "forward".
+        temperature (float): softmax temperature for both distributions. Default: 1.0.
+        ignore_index (int): label value of tokens that do not contribute. Default: -100.
+    """
+
+    def __init__(
+        self,
+        direction: str = "forward",
+        temperature: float = 1.0,
+        ignore_index: int = -100,
+    ):
+        super().__init__(kl_direction_to_beta(direction), temperature, ignore_index)
+        self.direction = direction
