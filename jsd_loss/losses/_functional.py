@@ -241,20 +241,12 @@ class _ClosedFormDivergence(torch.autograd.Function):
         div, grad = generalized_jsd_and_grad(student_logits, teacher_logits, beta, temperature)
         ctx.save_for_backward(grad)
         ctx.logits_dtype = student_logits.dtype
-        ctx.consumed = False
         return div
 
     @staticmethod
     def backward(ctx, grad_div):
-        if ctx.consumed:
-            raise RuntimeError(
-                "the closed-form divergence gradient was already consumed; a second "
-                "backward (retain_graph=True) needs generalized_jsd instead"
-            )
-        ctx.consumed = True
         (grad,) = ctx.saved_tensors
-        # scaled in place: the (N, V) buffer is this call's own and is not needed again
-        return grad.mul_(grad_div.unsqueeze(-1)).to(ctx.logits_dtype), None, None, None
+        return (grad * grad_div.unsqueeze(-1)).to(ctx.logits_dtype), None, None, None
 
 
 def student_divergence(
