@@ -1,0 +1,71 @@
+"""``python -m jsd_loss.prepare teacher``: a HF directory for SmolLM2-135M-Instruct."""
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from jsd_loss.checkpointing import atomic_directory, write_model_dir
+from jsd_loss.prepare._gguf import default_gguf_path, read_gguf, sha256_file
+from jsd_loss.prepare._hf_tokenizer import write_tokenizer_files
+from jsd_loss.prepare._manifest import verified_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+
+def prepare_teacher_from_gguf(
+    output_dir: Path, gguf_path: Optional[Path] = None, overwrite: bool = False
+) -> Path:
+    """Dequantize the GGUF into a standard HF directory at ``output_dir``.
+
+    Idempotent: an output whose manifest matches this GGUF (by sha256) is kept as is.
+    Atomic: built in a temporary directory renamed into place at the end.
+    """
+    output_dir = Path(output_dir)
+    gguf_path = Path(gguf_path) if gguf_path else default_gguf_path()
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
+    digest = sha256_file(gguf_path)
+    if verified_manifest(output_dir, kind="teacher", source_sha256=digest):
+        log.info("%s already holds the teacher prepared from %s; nothing to do", output_dir, gguf_path)
+        return output_dir
+    _refuse_foreign(output_dir, overwrite)
+    model = read_gguf(gguf_path)  # validates everything before anything is written
+    with atomic_directory(output_dir, overwrite=True) as tmp:
+        write_model_dir(tmp, model.state_dict, model.config)
+        write_tokenizer_files(model, tmp)
+        write_manifest(tmp, {"kind": "teacher", "source": str(gguf_path), "source_sha256": digest})
+    log.info("wrote teacher to %s", output_dir)
+    return output_dir
+
+
+def prepare_teacher_from_hub(output_dir: Path, repo_id: str, overwrite: bool = False) -> Path:
+    """Download a HF hub model (needs network access to the hub) into ``output_dir``."""
+    from huggingface_hub import snapshot_download
+
+    output_dir = Path(output_dir)
+    if verified_manifest(output_dir, kind="teacher", source=repo_id):
+        log.info("%s already holds %s; nothing to do", output_dir, repo_id)
+        return output_dir
+    _refuse_foreign(output_dir, overwrite)
+    with atomic_directory(output_dir, overwrite=True) as tmp:
+        try:
+            snapshot_download(repo_id, local_dir=str(tmp), allow_patterns=["*.json", "*.safetensors"])
+        except Exception as e:
+            raise RuntimeError(
+                f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: {e}); "
+                "without hub access use the offline GGUF import (omit --hub-id)"
+            ) from e
+        for cache in tmp.glob(".cache"):
+            import shutil
+
+            shutil.rmtree(cache)
+        write_manifest(tmp, {"kind": "teacher", "source": repo_id})
+    return output_dir
+
+
+def _refuse_foreign(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} exists, is not empty and is not a verified output of this command; "
+            "pass --overwrite to replace it (the old contents stay until the new ones are complete)"
+        )
