@@ -18,6 +18,7 @@ after one warm-up call.
     python benchmarks/bench_losses.py                 # SmolLM2-135M head: 4096 x 49152 x 576
     python benchmarks/bench_losses.py --json          # one JSON object with the ratios
     python benchmarks/bench_losses.py --tokens 512    # quicker
+    python benchmarks/bench_losses.py --json-out results.json   # table, and the JSON in a file
 """
 
 import argparse
@@ -124,6 +125,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default=None, help="default: every device present (cpu, cuda)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json-out", help="also write the JSON object to this file")
     p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -159,6 +161,9 @@ def main() -> None:
     first = report["results"][devices[0]]
     for key in ("fused_vs_naive_peak_memory", "fused_vs_naive_time", "chunked_vs_torchtune_fkl_time"):
         report[key] = first[key]
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=2)
     if args.json:
         print(json.dumps(report, indent=2))
         return

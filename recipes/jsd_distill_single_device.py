@@ -330,7 +330,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
     def _hidden_state_output(self, model: nn.Module):
         """Make ``model`` return final (normed) hidden states instead of logits."""
         output, chunks = model.output, model.num_output_chunks
-        model.output, model.num_output_chunks = nn.Identity(), 0
+        # an nn.Linear output is a registered child module; TiedLinear is a plain attribute
+        model.output = nn.Identity() if isinstance(output, nn.Module) else (lambda h: h)
+        model.num_output_chunks = 0
         try:
             yield
         finally:

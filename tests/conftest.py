@@ -20,6 +20,7 @@ def tiny_hf_config(**overrides):
 
     t = dict(TINY, **overrides)
     return LlamaConfig(
+        initializer_range=t.get("initializer_range", 0.02),
         vocab_size=t["vocab_size"], hidden_size=t["embed_dim"], intermediate_size=t["intermediate_dim"],
         num_hidden_layers=t["num_layers"], num_attention_heads=t["num_heads"],
         num_key_value_heads=t["num_kv_heads"], max_position_embeddings=t["max_seq_len"],

@@ -1,0 +1,234 @@
+"""`tune run` end to end on tiny random SmolLM2-architecture models with the real tokenizer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import LlamaForCausalLM
+
+from tests.conftest import DOLLY, REPO, TINY, write_tiny_hf_dir
+
+QUICK = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_quick.yaml"
+TINY_MODEL = {"_component_": "jsd_loss.models.smollm2.smollm2", **TINY}
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory, teacher_dir):
+    root = tmp_path_factory.mktemp("tiny")
+    # a wide init makes the tiny teacher's distributions peaked, so there is something to distil
+    teacher = write_tiny_hf_dir(root / "teacher", seed=1, tokenizer_from=teacher_dir, initializer_range=0.5)
+    student = write_tiny_hf_dir(root / "student", seed=2, tokenizer_from=teacher_dir)
+    return teacher, student
+
+
+def tiny_config(tmp_path: Path, teacher: Path, student: Path, **overrides) -> Path:
+    cfg = OmegaConf.load(QUICK)
+    cfg.output_dir = str(tmp_path / "out")
+    cfg.teacher_dir, cfg.student_dir = str(teacher), str(student)
+    cfg.model = dict(TINY_MODEL)
+    cfg.teacher_model = dict(TINY_MODEL)
+    cfg.tokenizer.max_seq_len = 64
+    cfg.dataset.source = str(DOLLY)
+    cfg.dataset.max_rows = 16
+    cfg.batch_size = 2
+    cfg.max_steps_per_epoch = 4
+    cfg.save_every_n_steps = 2
+    cfg.optimizer.lr = 1e-3
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    path = tmp_path / "config.yaml"
+    OmegaConf.save(cfg, path)
+    return path
+
+
+def tune_run(config: Path, *args: str, recipe="recipes/jsd_distill_single_device.py", check=True):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchtune._cli.tune", "run", recipe, "--config", str(config), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tune run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def metrics(out: Path):
+    return [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_when_overfitting_one_batch(tmp_path, tiny_dirs):
+    cfg = tiny_config(tmp_path, *tiny_dirs, **{
+        "dataset.max_rows": 2, "shuffle": False, "max_steps_per_epoch": 1, "epochs": 25,
+        "optimizer.lr": 2e-2, "save_every_n_steps": None, "lr_scheduler.num_warmup_steps": 0,
+        # pure distillation: the random tiny teacher disagrees with the labels, so CE and KD
+        # would pull apart; with kd_ratio 1 the student must move onto the teacher
+        "kd_ratio": 1.0,
+    })
+    tune_run(cfg)
+    m = metrics(tmp_path / "out")
+    assert len(m) == 25
+    losses = [r["loss"] for r in m]
+    assert max(losses[-3:]) < 0.75 * losses[0], losses
+    assert m[-1]["loss"] == pytest.approx(m[-1]["kd_loss"])
+    for key in ("class_loss", "kd_loss", "lr", "grad_norm", "tokens_per_second", "peak_memory_gib"):
+        assert all(k in r for r in m for k in [key])
+
+
+def test_checkpoint_is_a_loadable_hf_model(tmp_path, tiny_dirs):
+    tune_run(tiny_config(tmp_path, *tiny_dirs))
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["final", "logs", "step_2", "step_4"]
+    final = LlamaForCausalLM.from_pretrained(str(out / "final")).eval()
+    step4 = LlamaForCausalLM.from_pretrained(str(out / "step_4")).eval()
+    start = LlamaForCausalLM.from_pretrained(str(tiny_dirs[1])).eval()
+    tokens = torch.randint(0, 49152, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(final(tokens).logits, step4(tokens).logits)
+        assert not torch.allclose(final(tokens).logits, start(tokens).logits)
+    assert (out / "final" / "tokenizer.json").is_file()
+    assert json.loads((out / "final" / "config.json").read_text())["num_hidden_layers"] == TINY["num_layers"]
+
+
+def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, tiny_dirs):
+    overrides = {"max_steps_per_epoch": 6, "save_every_n_steps": 1, "dataset.max_rows": 12}
+    full_dir = tmp_path / "full"
+    full_dir.mkdir()
+    tune_run(tiny_config(full_dir, *tiny_dirs, **overrides))
+    reference = {r["step"]: r["loss"] for r in metrics(full_dir / "out")}
+    assert sorted(reference) == [1, 2, 3, 4, 5, 6]
+
+    # a real kill: SIGKILL as soon as the first checkpoint appears
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    cfg = tiny_config(run_dir, *tiny_dirs, **overrides)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torchtune._cli.tune", "run", "recipes/jsd_distill_single_device.py",
+         "--config", str(cfg)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    out = run_dir / "out"
+    deadline = time.time() + 300
+    while not (out / "step_1").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps = sorted(int(p.name.split("_")[1]) for p in out.glob("step_*"))
+    assert steps and steps[-1] < 6, "the run finished before it could be killed"
+    for s in steps:  # every checkpoint on disk is complete (atomic writes)
+        assert (out / f"step_{s}" / "recipe_state.pt").is_file()
+        LlamaForCausalLM.from_pretrained(str(out / f"step_{s}"))
+
+    tune_run(cfg, "resume_from_checkpoint=True")
+    resumed = {r["step"]: r["loss"] for r in metrics(out)}
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in range(steps[-1] + 1, 7):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
+
+
+def test_fused_linear_kd_matches_chunked_kd(tmp_path, tiny_dirs):
+    common = {"max_steps_per_epoch": 2, "save_every_n_steps": None, "shuffle": False}
+    a, b = tmp_path / "chunked", tmp_path / "fused"
+    a.mkdir(), b.mkdir()
+    tune_run(tiny_config(a, *tiny_dirs, **common))
+    fused = {"_component_": "jsd_loss.FusedLinearJSDistillLoss", "beta": 0.5, "chunk_size": 16, "return_ce": True}
+    tune_run(tiny_config(b, *tiny_dirs, **common, kd_loss=fused))
+    for ra, rb in zip(metrics(a / "out"), metrics(b / "out")):
+        for key in ("loss", "class_loss", "kd_loss", "grad_norm"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4), key
+
+
+def test_lora_student(tmp_path, tiny_dirs):
+    lora = {"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
+            "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, **TINY}
+    tune_run(tiny_config(tmp_path, *tiny_dirs, model=lora, **{"max_steps_per_epoch": 2}))
+    sd = LlamaForCausalLM.from_pretrained(str(tmp_path / "out" / "final")).state_dict()
+    assert not any("lora" in k for k in sd)
+
+
+def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir):
+    teacher, student = tiny_dirs
+    other_vocab = write_tiny_hf_dir(tmp_path / "other_vocab", vocab_size=49153)
+    bad_rows = tmp_path / "bad.jsonl"
+    bad_rows.write_text(json.dumps({"instruction": "hi", "context": "", "response": "x", "category": "open_qa"})
+                        + "\n" + json.dumps({"instruction": "hi", "context": ""}) + "\n")
+    cases = [
+        ({"student_dir": str(tmp_path / "missing")}, "model directory not found"),
+        ({"teacher_dir": str(other_vocab)}, "vocab mismatch"),
+        ({"dataset.source": str(bad_rows)}, "row 2 lacks the field 'response'"),
+        ({"dataset.source": str(tmp_path / "none.jsonl")}, "dataset file not found"),
+        ({"kd_ratio": 1.5}, "kd_ratio must be in [0, 1]"),
+    ]
+    for i, (overrides, message) in enumerate(cases):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        t0 = time.time()
+        proc = tune_run(tiny_config(d, teacher, student, **overrides), check=False)
+        assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-2000:])
+        assert not list((d / "out").glob("step_*")) and not (d / "out" / "final").exists()
+
+
+def test_stock_torchtune_kd_recipe_accepts_our_loss_unchanged(tmp_path, tiny_dirs):
+    """Drop-in proof: torchtune's own knowledge_distillation_single_device with our kd_loss."""
+    teacher, student = tiny_dirs
+    cfg = OmegaConf.create({
+        "output_dir": str(tmp_path / "out"),
+        "model": {"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
+                  "apply_lora_to_mlp": False, "lora_rank": 4, "lora_alpha": 8, **TINY},
+        "teacher_model": dict(TINY_MODEL),
+        "tokenizer": {"_component_": "jsd_loss.models.smollm2.smollm2_tokenizer",
+                      "path": str(teacher / "tokenizer.json"), "max_seq_len": 64},
+        "checkpointer": {"_component_": "torchtune.training.FullModelHFCheckpointer", "checkpoint_dir": str(student),
+                         "checkpoint_files": ["model.safetensors"], "model_type": "LLAMA3_2",
+                         "output_dir": str(tmp_path / "out")},
+        "teacher_checkpointer": {"_component_": "torchtune.training.FullModelHFCheckpointer",
+                                 "checkpoint_dir": str(teacher), "checkpoint_files": ["model.safetensors"],
+                                 "model_type": "LLAMA3_2", "output_dir": str(tmp_path / "out")},
+        "resume_from_checkpoint": False,
+        "dataset": {"_component_": "jsd_loss.datasets.dolly_dataset", "source": str(DOLLY), "max_rows": 8},
+        "seed": 0, "shuffle": True, "batch_size": 2,
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-3},
+        "lr_scheduler": {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
+                         "num_warmup_steps": 0},
+        "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"},
+        "kd_loss": {"_component_": "jsd_loss.JSDistillWithChunkedOutputLoss", "num_output_chunks": 8},
+        "kd_ratio": 0.5, "epochs": 1, "max_steps_per_epoch": 2, "gradient_accumulation_steps": 1,
+        "compile": False, "device": "cpu", "dtype": "fp32", "enable_activation_checkpointing": False,
+        "metric_logger": {"_component_": "torchtune.training.metric_logging.DiskLogger",
+                          "log_dir": str(tmp_path / "out" / "logs")},
+        "log_every_n_steps": 1, "log_peak_memory_stats": False,
+    })
+    path = tmp_path / "stock.yaml"
+    OmegaConf.save(cfg, path)
+    tune_run(path, recipe="knowledge_distillation_single_device")
+    log_text = "".join(p.read_text() for p in (tmp_path / "out" / "logs").glob("*.txt"))
+    assert "kd_loss" in log_text
+    assert (tmp_path / "out" / "epoch_0").is_dir()
+
+
+@pytest.mark.slow
+def test_real_teacher_and_student_few_steps(tmp_path, teacher_dir):
+    from jsd_loss.prepare import prepare_student
+
+    student = prepare_student(teacher_dir, tmp_path / "student", num_layers=17)
+    cfg = OmegaConf.load(QUICK)
+    cfg.output_dir = str(tmp_path / "out")
+    cfg.teacher_dir, cfg.student_dir = str(teacher_dir), str(student)
+    cfg.dataset.source = str(DOLLY)
+    cfg.tokenizer.max_seq_len = 96
+    cfg.batch_size = 1
+    cfg.max_steps_per_epoch = 2
+    cfg.save_every_n_steps = None
+    path = tmp_path / "real.yaml"
+    OmegaConf.save(cfg, path)
+    tune_run(path)
+    m = metrics(tmp_path / "out")
+    assert len(m) == 2
+    assert all(0 < r["kd_loss"] <= 0.6932 for r in m)  # JSD at beta 0.5 is bounded by ln 2
+    LlamaForCausalLM.from_pretrained(str(tmp_path / "out" / "final"))
