@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 from functools import partial
@@ -111,6 +112,17 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._student_hf_config = student_cfg
         self._student_dir = student_dir
 
+        previous = sorted(p.name for p in self._output_dir.glob("*") if p.name == "final" or p.name.startswith("step_"))
+        if previous and not self._resume_from_checkpoint:
+            if not cfg.get("overwrite_output", False):
+                raise FileExistsError(
+                    f"{self._output_dir} already holds a run ({', '.join(previous)}); set "
+                    "resume_from_checkpoint=True to continue it, overwrite_output=True to replace it, "
+                    "or choose another output_dir"
+                )
+            for name in previous:
+                shutil.rmtree(self._output_dir / name)
+
     def _validate_models(self) -> None:
         s_vocab = self._model.tok_embeddings.num_embeddings
         t_vocab = self._teacher_model.tok_embeddings.num_embeddings
@@ -188,8 +200,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             num_training_steps=self.total_epochs * self._steps_per_epoch,
             last_epoch=self.global_step - 1,
         )
+        # a resumed run re-logs the steps after its checkpoint; a fresh one starts the log anew
+        self._metric_logger_truncate(self.global_step)
         if resume_state is not None:
-            self._metric_logger_truncate(self.global_step)
             torch.set_rng_state(resume_state["state"]["rng_state"])
 
         self.ignore_labels_cache = torch.full(

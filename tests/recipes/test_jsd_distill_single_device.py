@@ -174,6 +174,15 @@ def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir
         assert not list((d / "out").glob("step_*")) and not (d / "out" / "final").exists()
 
 
+def test_an_earlier_run_is_never_overwritten_silently(tmp_path, tiny_dirs):
+    cfg = tiny_config(tmp_path, *tiny_dirs)
+    (tmp_path / "out" / "final").mkdir(parents=True)
+    (tmp_path / "out" / "final" / "keep.txt").write_text("earlier run")
+    proc = tune_run(cfg, check=False)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr + proc.stdout
+    assert (tmp_path / "out" / "final" / "keep.txt").read_text() == "earlier run"
+
+
 def test_stock_torchtune_kd_recipe_accepts_our_loss_unchanged(tmp_path, tiny_dirs):
     """Drop-in proof: torchtune's own knowledge_distillation_single_device with our kd_loss."""
     teacher, student = tiny_dirs

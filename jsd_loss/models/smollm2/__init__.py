@@ -5,6 +5,7 @@ from jsd_loss.models.smollm2._convert_weights import (
     smollm2_hf_to_tune,
     smollm2_tune_to_hf,
 )
+from jsd_loss.models.smollm2._hf import smollm2_from_hf
 from jsd_loss.models.smollm2._model_builders import (
     SMOLLM2_90M_NUM_LAYERS,
     lora_smollm2_135m,
@@ -36,5 +37,6 @@ __all__ = [
     "smollm2_90m",
     "smollm2_hf_to_tune",
     "smollm2_tune_to_hf",
+    "smollm2_from_hf",
     "smollm2_tokenizer",
 ]

@@ -1,0 +1,20 @@
+from jsd_loss.metrics._text import exact_match, normalize_answer, rouge, token_f1
+from jsd_loss.metrics._training import (
+    convergence_step,
+    curve_summary,
+    moving_average,
+    relative_difference,
+    tail_variance,
+)
+
+__all__ = [
+    "convergence_step",
+    "curve_summary",
+    "exact_match",
+    "moving_average",
+    "normalize_answer",
+    "relative_difference",
+    "rouge",
+    "tail_variance",
+    "token_f1",
+]

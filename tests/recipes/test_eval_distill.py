@@ -1,0 +1,126 @@
+"""The eval recipe end to end on tiny random models and a 5-row eval set."""
+
+import json
+import re
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import REPO, write_tiny_hf_dir
+from tests.recipes.test_jsd_distill_single_device import tune_run
+
+ROWS = [
+    {"instruction": "What is the capital of France?", "context": "", "response": "Paris.", "category": "open_qa"},
+    {"instruction": "Summarize.", "context": "The cat sat on the mat all day.", "response": "A cat sat.",
+     "category": "summarization"},
+    {"instruction": "Name a colour.", "context": "", "response": "Blue", "category": "open_qa"},
+    {"instruction": "Extract the year.", "context": "It opened in 1889.", "response": "1889",
+     "category": "information_extraction"},
+    {"instruction": "Say hi", "context": "", "response": "Hi there!", "category": "open_qa"},
+]
+
+
+def _log(path, losses):
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as f:
+        for step, loss in enumerate(losses, 1):
+            f.write(json.dumps({"step": step, "loss": loss, "class_loss": 2 * loss, "kd_loss": loss / 2}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def setup_dirs(tmp_path_factory, teacher_dir):
+    root = tmp_path_factory.mktemp("eval")
+    teacher = write_tiny_hf_dir(root / "teacher", seed=1, tokenizer_from=teacher_dir, initializer_range=0.5)
+    students = [write_tiny_hf_dir(root / f"s{i}", seed=10 + i, tokenizer_from=teacher_dir) for i in range(3)]
+    data = root / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    _log(root / "log_jsd0", [4.0, 3.0, 2.0, 1.5, 1.4, 1.41, 1.39, 1.4])
+    _log(root / "log_jsd1", [4.0, 3.5, 2.5, 1.6, 1.5, 1.45, 1.44, 1.45])
+    _log(root / "log_kl", [5.0, 4.0, 3.0, 2.5, 2.0, 1.9, 1.8, 1.8])
+    return root, teacher, students, data
+
+
+def _config(root, teacher, students, data, out, **overrides):
+    cfg = OmegaConf.load(REPO / "configs" / "smollm2" / "eval_distill.yaml")
+    cfg.output_dir = str(out)
+    cfg.teacher.checkpoint_dir = str(teacher)
+    cfg.tokenizer.path = str(teacher / "tokenizer.json")
+    cfg.students = [
+        {"name": "jsd", "checkpoint_dir": str(students[0]), "log_dir": str(root / "log_jsd0")},
+        {"name": "jsd", "checkpoint_dir": str(students[1]), "log_dir": str(root / "log_jsd1")},
+        {"name": "kl", "checkpoint_dir": str(students[2]), "log_dir": str(root / "log_kl")},
+        {"name": "self", "checkpoint_dir": str(teacher)},
+    ]
+    cfg.dataset.source = str(data)
+    cfg.dataset.split = None
+    cfg.dataset.max_rows = None
+    cfg.generation.max_new_tokens = 6
+    cfg.generation.batch_size = 2
+    for k, v in overrides.items():
+        OmegaConf.update(cfg, "students" if k == "student_list" else k, v, merge=False)
+    path = out.parent / f"{out.name}.yaml"
+    OmegaConf.save(cfg, path)
+    return path
+
+
+def test_report_numbers_come_from_results_json(tmp_path, setup_dirs):
+    root, teacher, students, data = setup_dirs
+    out = tmp_path / "report"
+    tune_run(_config(root, teacher, students, data, out), recipe="recipes/eval_distill.py")
+    results = json.loads((out / "results.json").read_text())
+    assert results["examples"] == 5
+    assert {p.name for p in out.iterdir()} >= {"report.md", "results.json", "loss_curves.png", "metrics.png"}
+
+    by_name = {}
+    for m in results["models"]:
+        by_name.setdefault(m["name"], []).append(m)
+    # the teacher against itself: its own outputs and argmaxes agree perfectly
+    for name in ("teacher", "self"):
+        assert by_name[name][0]["teacher_rougeL"] == pytest.approx(1.0)
+        assert by_name[name][0]["teacher_top1_agreement"] == pytest.approx(1.0)
+    assert by_name["self"][0]["outputs"] == by_name["teacher"][0]["outputs"]
+
+    # recompute the summary from the per-model numbers in results.json
+    import numpy as np
+
+    jsd = by_name["jsd"]
+    summary = results["summary"]
+    assert summary["jsd"]["rougeL"]["mean"] == pytest.approx(np.mean([m["rougeL"] for m in jsd]))
+    assert summary["jsd"]["rougeL"]["std"] == pytest.approx(np.std([m["rougeL"] for m in jsd]))
+    finals = [m["training"]["loss"]["final"] for m in jsd]
+    assert summary["jsd"]["loss.seed_variance"]["mean"] == pytest.approx(np.var(finals))
+    rel = (np.mean(finals) - by_name["kl"][0]["training"]["loss"]["final"]) / by_name["kl"][0]["training"]["loss"]["final"]
+    assert summary["jsd"]["relative_to_kl"]["loss.final"] == pytest.approx(rel)
+    # hand check of the log statistics: kl's final (mean of last 5% -> last point) is 1.8
+    assert by_name["kl"][0]["training"]["loss"]["final"] == pytest.approx(1.8)
+
+    # and every number in the report's main table is one of those
+    report = (out / "report.md").read_text()
+    row = next(l for l in report.splitlines() if l.startswith("| ROUGE-L |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{summary['teacher']['rougeL']['mean']:.4g}"
+    assert cells[2] == f"{summary['jsd']['rougeL']['mean']:.4g} ± {summary['jsd']['rougeL']['std']:.2g}"
+    assert cells[3] == f"{summary['kl']['rougeL']['mean']:.4g}"
+    loss_row = next(l for l in report.splitlines() if l.startswith("| final total loss |"))
+    assert f"{summary['jsd']['relative_to_kl']['loss.final']:+.1%}" in loss_row
+
+
+def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
+    root, teacher, students, data = setup_dirs
+    other = write_tiny_hf_dir(tmp_path / "other", vocab_size=49153)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    (tmp_path / "nolog").mkdir()
+    cases = [
+        ({"student_list": [{"name": "x", "checkpoint_dir": str(other)}]}, "has vocab_size 49153"),
+        ({"dataset.source": str(empty)}, "holds no rows"),
+        ({"student_list": [{"name": "x", "checkpoint_dir": str(students[0]), "log_dir": str(tmp_path / "nolog")}]},
+         "no training metrics"),
+        ({"dataset.response_field": "answer"}, "lacks the field 'answer'"),
+    ]
+    for i, (overrides, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        proc = tune_run(_config(root, teacher, students, data, out, **overrides),
+                        recipe="recipes/eval_distill.py", check=False)
+        assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-1500:])
+        assert not out.exists()
