@@ -1,0 +1,48 @@
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import DOLLY, REPO, TINY
+from tests.recipes.test_jsd_distill_single_device import tiny_dirs, tune_run  # noqa: F401 (fixture)
+
+CONFIGS = sorted((REPO / "configs" / "smollm2").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_tune_validate_passes(path):
+    proc = subprocess.run([sys.executable, "-m", "torchtune._cli.tune", "validate", str(path)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0 and "Config is well-formed!" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_jsd_and_kl_configs_differ_only_in_the_kd_loss():
+    for suffix in ("single_device", "quick"):
+        jsd = OmegaConf.to_container(OmegaConf.load(REPO / f"configs/smollm2/135M_to_90M_jsd_{suffix}.yaml"))
+        kl = OmegaConf.to_container(OmegaConf.load(REPO / f"configs/smollm2/135M_to_90M_kl_{suffix}.yaml"))
+        assert {k for k in jsd if jsd[k] != kl.get(k)} == {"kd_loss", "output_dir"}
+        assert jsd["kd_loss"]["_component_"] == "jsd_loss.JSDistillWithChunkedOutputLoss"
+        assert kl["kd_loss"] == {**{k: v for k, v in jsd["kd_loss"].items() if k != "beta"},
+                                 "_component_": "jsd_loss.KLDistillWithChunkedOutputLoss", "direction": "forward"}
+
+
+def test_lora_teacher_config_with_stock_recipe_gives_a_valid_teacher(tmp_path, tiny_dirs):
+    from jsd_loss.models.smollm2 import smollm2_from_hf
+
+    teacher, _ = tiny_dirs
+    cfg = OmegaConf.load(REPO / "configs/smollm2/135M_lora_single_device.yaml")
+    cfg.output_dir = str(tmp_path / "out")
+    cfg.teacher_dir = str(teacher)
+    cfg.model = {**cfg.model, "_component_": "jsd_loss.models.smollm2.lora_smollm2", **TINY}
+    cfg.dataset.source = str(DOLLY)
+    cfg.dataset.max_rows = 8
+    cfg.batch_size, cfg.max_steps_per_epoch, cfg.gradient_accumulation_steps = 2, 2, 1
+    cfg.tokenizer.max_seq_len = 64
+    path = tmp_path / "lora.yaml"
+    OmegaConf.save(cfg, path)
+    tune_run(path, recipe="lora_finetune_single_device")
+    merged = tmp_path / "out" / "epoch_0"
+    assert (merged / "tokenizer.json").is_file()
+    model = smollm2_from_hf(str(merged))  # dims and weights check out as a SmolLM2 HF directory
+    assert len(model.layers) == TINY["num_layers"]
