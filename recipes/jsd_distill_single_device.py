@@ -81,6 +81,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._gradient_accumulation_steps = cfg.gradient_accumulation_steps
         self._clip_grad_norm = cfg.get("clip_grad_norm", None)
         self._kd_ratio = cfg.get("kd_ratio", 0.5)
+        # single process; the distributed recipe overrides these
+        self.world_size, self.rank, self._is_rank_zero = 1, 0, True
         if not 0.0 <= self._kd_ratio <= 1.0:
             raise ValueError(f"kd_ratio must be in [0, 1], got {self._kd_ratio}")
 
@@ -120,8 +122,10 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                     "resume_from_checkpoint=True to continue it, overwrite_output=True to replace it, "
                     "or choose another output_dir"
                 )
-            for name in previous:
-                shutil.rmtree(self._output_dir / name)
+            if self._is_rank_zero:
+                for name in previous:
+                    shutil.rmtree(self._output_dir / name)
+            self._barrier()
 
     def _validate_models(self) -> None:
         s_vocab = self._model.tok_embeddings.num_embeddings
@@ -139,7 +143,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         models are loaded, so bad input fails in seconds."""
         self._validate_inputs(cfg)
         self._metric_logger = config.instantiate(cfg.metric_logger)
-        self._metric_logger.log_config(cfg)
+        if self._is_rank_zero:
+            self._metric_logger.log_config(cfg)
         self._tokenizer = config.instantiate(cfg.tokenizer)
 
         self._loss_fn = config.instantiate(cfg.loss)
@@ -193,7 +198,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             cfg.optimizer, [p for p in self._model.parameters() if p.requires_grad]
         )
         if resume_state is not None:
-            self._optimizer.load_state_dict(resume_state["state"][training.OPT_KEY])
+            self._load_optimizer_state_dict(resume_state["state"][training.OPT_KEY])
         self._lr_scheduler = config.instantiate(
             cfg.lr_scheduler,
             self._optimizer,
@@ -234,7 +239,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         return config.instantiate(cfg_checkpointer).load_checkpoint()
 
     def _metric_logger_truncate(self, step: int) -> None:
-        if hasattr(self._metric_logger, "truncate_after"):
+        if self._is_rank_zero and hasattr(self._metric_logger, "truncate_after"):
             self._metric_logger.truncate_after(step)
 
     def _setup_model(
@@ -291,7 +296,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         dataloader_state_dict: Optional[Dict[str, Any]] = None,
     ) -> StatefulDataLoader:
         ds = config.instantiate(cfg_dataset, self._tokenizer)
-        sampler = StatefulDistributedSampler(ds, num_replicas=1, rank=0, shuffle=shuffle, seed=self.seed)
+        sampler = StatefulDistributedSampler(
+            ds, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=self.seed
+        )
         dataloader = StatefulDataLoader(
             dataset=ds,
             batch_size=batch_size,
@@ -316,25 +323,39 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         cfg = self._student_hf_config
         return smollm2_tune_to_hf(state_dict, cfg["num_attention_heads"], cfg["num_key_value_heads"])
 
+    def _optimizer_state_dict(self) -> Dict[str, Any]:
+        return self._optimizer.state_dict()
+
+    def _load_optimizer_state_dict(self, state: Dict[str, Any]) -> None:
+        self._optimizer.load_state_dict(state)
+
+    def _barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in one process)."""
+
     def save_checkpoint(self, name: str, with_recipe_state: bool) -> Path:
         """Write ``output_dir/<name>`` as a standard HF model directory, atomically."""
         target = self._output_dir / name
-        with atomic_directory(target, overwrite=True) as tmp:
-            write_model_dir(tmp, self._hf_state_dict(), self._student_hf_config, copy_from=self._student_dir)
-            if with_recipe_state:
-                torch.save(
-                    {
-                        training.OPT_KEY: self._optimizer.state_dict(),
-                        training.DATALOADER_KEY: self._dataloader.state_dict(),
-                        training.SEED_KEY: self.seed,
-                        training.EPOCHS_KEY: self.epochs_run,
-                        "global_step": self.global_step,
-                        "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
-                        "rng_state": torch.get_rng_state(),
-                    },
-                    tmp / RECIPE_STATE,
-                )
-        log.info(f"Saved {'checkpoint' if with_recipe_state else 'model'} to {target}")
+        hf_state = self._hf_state_dict()
+        opt_state = self._optimizer_state_dict() if with_recipe_state else None
+        if self._is_rank_zero:
+            with atomic_directory(target, overwrite=True) as tmp:
+                write_model_dir(tmp, hf_state, self._student_hf_config, copy_from=self._student_dir)
+                if with_recipe_state:
+                    torch.save(
+                        {
+                            training.OPT_KEY: opt_state,
+                            training.DATALOADER_KEY: self._dataloader.state_dict(),
+                            training.SEED_KEY: self.seed,
+                            training.EPOCHS_KEY: self.epochs_run,
+                            "global_step": self.global_step,
+                            "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
+                            "rng_state": torch.get_rng_state(),
+                            "world_size": self.world_size,
+                        },
+                        tmp / RECIPE_STATE,
+                    )
+            log.info(f"Saved {'checkpoint' if with_recipe_state else 'model'} to {target}")
+        self._barrier()
         return target
 
     # ------------------------------------------------------------------ training
@@ -396,6 +417,15 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         del logits, teacher_logits
         return class_loss, kd_loss
 
+    # the number the summed per-token loss gradients are multiplied by before dividing by
+    # the step's token count; FSDP2 averages gradients over ranks, so the distributed
+    # recipe sets it to the world size
+    _grad_scale_numerator = 1.0
+
+    def _reduce_step_stats(self, num_tokens, class_loss_sum, kd_loss_sum):
+        """Token count and summed losses of the whole step (all ranks in the distributed recipe)."""
+        return num_tokens, class_loss_sum, kd_loss_sum
+
     def _peak_memory_gib(self) -> float:
         if self._device.type == "cuda":
             return torch.cuda.max_memory_allocated(self._device) / 2**30
@@ -407,7 +437,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._model.train()
         steps_done_this_epoch = self.global_step - self.epochs_run * self._steps_per_epoch
         for curr_epoch in range(self.epochs_run, self.total_epochs):
-            pbar = tqdm(total=self._steps_per_epoch, initial=steps_done_this_epoch, disable=None)
+            pbar = tqdm(total=self._steps_per_epoch, initial=steps_done_this_epoch,
+                        disable=None if self._is_rank_zero else True)
             self._dataloader.sampler.set_epoch(curr_epoch)
             for idx, batch in enumerate(self._dataloader, start=steps_done_this_epoch * self._gradient_accumulation_steps):
                 batch = {k: v.to(self._device) for k, v in batch.items()}
@@ -421,12 +452,17 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 num_tokens += current_num_tokens
 
                 if (idx + 1) % self._gradient_accumulation_steps == 0:
+                    num_tokens, running_class_loss, running_kd_loss = self._reduce_step_stats(
+                        num_tokens, running_class_loss, running_kd_loss
+                    )
                     denom = max(int(num_tokens), 1)
-                    training.scale_grads(self._model, torch.tensor(1.0 / denom))
+                    training.scale_grads(self._model, torch.tensor(self._grad_scale_numerator / denom))
                     grad_norm = torch.nn.utils.clip_grad_norm_(
                         [p for p in self._model.parameters() if p.requires_grad],
                         max_norm=float(self._clip_grad_norm) if self._clip_grad_norm is not None else float("inf"),
                     )
+                    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                        grad_norm = grad_norm.full_tensor()
                     self._optimizer.step()
                     self._optimizer.zero_grad(set_to_none=True)
                     self._lr_scheduler.step()
@@ -435,12 +471,13 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                     class_loss_to_log = float(running_class_loss) / denom
                     kd_loss_to_log = float(running_kd_loss) / denom
                     loss_to_log = (1 - self._kd_ratio) * class_loss_to_log + self._kd_ratio * kd_loss_to_log
-                    pbar.update(1)
-                    pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log:.4f}")
+                    if self._is_rank_zero:
+                        pbar.update(1)
+                        pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log:.4f}")
                     if not (torch.isfinite(torch.tensor(loss_to_log))):
                         raise RuntimeError(f"non-finite loss {loss_to_log} at step {self.global_step}")
 
-                    if self.global_step % self._log_every_n_steps == 0:
+                    if self._is_rank_zero and self.global_step % self._log_every_n_steps == 0:
                         time_per_step = time.perf_counter() - t0
                         self._metric_logger.log_dict(
                             {

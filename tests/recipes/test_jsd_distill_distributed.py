@@ -1,0 +1,66 @@
+"""`tune run --nproc_per_node 2` with FSDP2 on CPU (gloo) on tiny models."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.recipes.test_jsd_distill_single_device import metrics, tiny_config, tiny_dirs, tune_run  # noqa: F401
+
+
+def tune_run_distributed(config, *args, nproc=2, check=True):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", str(nproc),
+         "recipes/jsd_distill_distributed.py", "--config", str(config), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"distributed run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def test_two_ranks_match_single_device_at_same_global_batch_and_resume(tmp_path, tiny_dirs):
+    common = {"max_steps_per_epoch": 4, "save_every_n_steps": 2, "dataset.max_rows": 16}
+    single, dist = tmp_path / "single", tmp_path / "dist"
+    single.mkdir(), dist.mkdir()
+    tune_run(tiny_config(single, *tiny_dirs, **common, batch_size=4))
+    tune_run_distributed(tiny_config(dist, *tiny_dirs, **common, batch_size=2))
+    ref, got = metrics(single / "out"), metrics(dist / "out")
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(ref, got):
+        for key in ("loss", "class_loss", "kd_loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), (a["step"], key)
+    assert sorted(p.name for p in (dist / "out").iterdir()) == ["final", "logs", "step_2", "step_4"]
+
+    # resume: the state a run killed right after its step-2 checkpoint leaves on disk
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    cfg = tiny_config(resumed, *tiny_dirs, **common, batch_size=2)
+    (resumed / "out" / "logs").mkdir(parents=True)
+    shutil.copytree(dist / "out" / "step_2", resumed / "out" / "step_2")
+    lines = (dist / "out" / "logs" / "metrics.jsonl").read_text().splitlines()[:2]
+    (resumed / "out" / "logs" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    tune_run_distributed(cfg, "resume_from_checkpoint=True")
+    after = metrics(resumed / "out")
+    assert [r["step"] for r in after] == [1, 2, 3, 4]
+    for a, b in zip(got[2:], after[2:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def test_a_failing_start_gives_a_clear_error_and_no_checkpoint(tmp_path, tiny_dirs):
+    teacher, _ = tiny_dirs
+    cfg = tiny_config(tmp_path, teacher, tmp_path / "no_such_student")
+    proc = tune_run_distributed(cfg, check=False)
+    assert proc.returncode != 0
+    assert "model directory not found" in proc.stderr + proc.stdout
+    assert not (tmp_path / "out").exists() or not [
+        p for p in (tmp_path / "out").iterdir() if p.name.startswith(("step_", "final"))
+    ]
+    fused = {"_component_": "jsd_loss.FusedLinearJSDistillLoss"}
+    proc = tune_run_distributed(tiny_config(tmp_path, *tiny_dirs, kd_loss=fused), check=False)
+    assert proc.returncode != 0 and "FSDP2 keeps sharded" in proc.stderr + proc.stdout
