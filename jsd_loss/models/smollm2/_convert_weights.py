@@ -38,6 +38,15 @@ def interleaved_to_rotate_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, head_dim // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+def _map(key, value, mapping, permute, num_heads, num_kv_heads):
+    """The renamed key and the value, q/k rows permuted by ``permute``."""
+    if "q_proj" in key:
+        value = permute(value, num_heads)
+    elif "k_proj" in key:
+        value = permute(value, num_kv_heads)
+    return get_mapped_key(key, mapping), value
+
+
 def smollm2_hf_to_tune(
     state_dict: Dict[str, torch.Tensor], num_heads: int = 9, num_kv_heads: int = 3
 ) -> Dict[str, torch.Tensor]:
@@ -65,11 +74,7 @@ def smollm2_hf_to_tune(
             if emb is not None and not torch.equal(value, emb):
                 raise ValueError("lm_head.weight differs from the embeddings: not a tied SmolLM2")
             continue
-        new_key = get_mapped_key(key, _FROM_HF)
-        if "q_proj" in key:
-            value = rotate_half_to_interleaved(value, num_heads)
-        elif "k_proj" in key:
-            value = rotate_half_to_interleaved(value, num_kv_heads)
+        new_key, value = _map(key, value, _FROM_HF, rotate_half_to_interleaved, num_heads, num_kv_heads)
         out[new_key] = value
     return out
 
@@ -93,10 +98,6 @@ def smollm2_tune_to_hf(
     for key, value in state_dict.items():
         if key == "output.weight":  # a tied output, materialised by some checkpointers
             continue
-        new_key = get_mapped_key(key, _TO_HF)
-        if "q_proj" in key:
-            value = interleaved_to_rotate_half(value, num_heads)
-        elif "k_proj" in key:
-            value = interleaved_to_rotate_half(value, num_kv_heads)
+        new_key, value = _map(key, value, _TO_HF, interleaved_to_rotate_half, num_heads, num_kv_heads)
         out[new_key] = value
     return out
