@@ -307,6 +307,9 @@ def render_report(results: Dict[str, Any], baseline: str) -> str:
         ("steps to within 5% of final loss", "loss.convergence_step"),
         ("loss variance, last 25% of steps", "loss.tail_variance"),
         ("final-loss variance across seeds", "loss.seed_variance"),
+        ("steps to within 5% of final CE", "class_loss.convergence_step"),
+        ("CE variance, last 25% of steps", "class_loss.tail_variance"),
+        ("KD divergence variance, last 25% of steps", "kd_loss.tail_variance"),
     ]
     others = [n for n in names[1:] if n != baseline]
     header = "| metric | " + " | ".join(names) + "".join(f" | {n} vs {baseline}" for n in others) + " |"

@@ -144,6 +144,17 @@ def test_fused_linear_kd_matches_chunked_kd(tmp_path, tiny_dirs):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4), key
 
 
+@pytest.mark.parametrize("kd_loss", ["chunked", "fused"])
+def test_bf16_training_is_finite(tmp_path, tiny_dirs, kd_loss):
+    fused = {"_component_": "jsd_loss.FusedLinearJSDistillLoss", "return_ce": True}
+    overrides = {"dtype": "bf16", "max_steps_per_epoch": 2, "save_every_n_steps": None}
+    if kd_loss == "fused":
+        overrides["kd_loss"] = fused
+    tune_run(tiny_config(tmp_path, *tiny_dirs, **overrides))
+    m = metrics(tmp_path / "out")
+    assert len(m) == 2 and all(0 < r["kd_loss"] <= 0.6932 and r["class_loss"] > 0 for r in m)
+
+
 def test_lora_student(tmp_path, tiny_dirs):
     lora = {"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
             "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, **TINY}
