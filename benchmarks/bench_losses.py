@@ -173,7 +173,7 @@ def main() -> None:
     for device, res in report["results"].items():
         naive = res["methods"]["naive_jsd"]
         print(f"\n[{device}]")
-        print(f"| method | fwd+bwd time (s) | peak memory (MiB) | time vs naive | memory vs naive |")
+        print("| method | fwd+bwd time (s) | peak memory (MiB) | time vs naive | memory vs naive |")
         print("|---|---|---|---|---|")
         for method, r in res["methods"].items():
             print(f"| {method} | {r['time_s']:.3f} | {r['peak_bytes'] / 2**20:.0f} | "

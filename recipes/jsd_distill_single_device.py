@@ -15,7 +15,6 @@
 
 import contextlib
 import json
-import os
 import resource
 import shutil
 import sys

@@ -1,8 +1,12 @@
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,3 +88,53 @@ def write_tiny_hf_dir(path: Path, seed: int = 0, tokenizer_from: Path = None, **
                      "generation_config.json"):
             shutil.copy2(tokenizer_from / name, path / name)
     return path
+
+
+# ---------------------------------------------------------------- recipe runs
+
+QUICK = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_quick.yaml"
+TINY_MODEL = {"_component_": "jsd_loss.models.smollm2.smollm2", **TINY}
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory, teacher_dir):
+    root = tmp_path_factory.mktemp("tiny")
+    # a wide init makes the tiny teacher's distributions peaked, so there is something to distil
+    teacher = write_tiny_hf_dir(root / "teacher", seed=1, tokenizer_from=teacher_dir, initializer_range=0.5)
+    student = write_tiny_hf_dir(root / "student", seed=2, tokenizer_from=teacher_dir)
+    return teacher, student
+
+
+def tiny_config(tmp_path: Path, teacher: Path, student: Path, **overrides) -> Path:
+    cfg = OmegaConf.load(QUICK)
+    cfg.output_dir = str(tmp_path / "out")
+    cfg.teacher_dir, cfg.student_dir = str(teacher), str(student)
+    cfg.model = dict(TINY_MODEL)
+    cfg.teacher_model = dict(TINY_MODEL)
+    cfg.tokenizer.max_seq_len = 64
+    cfg.dataset.source = str(DOLLY)
+    cfg.dataset.max_rows = 16
+    cfg.batch_size = 2
+    cfg.max_steps_per_epoch = 4
+    cfg.save_every_n_steps = 2
+    cfg.optimizer.lr = 1e-3
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    path = tmp_path / "config.yaml"
+    OmegaConf.save(cfg, path)
+    return path
+
+
+def tune_run(config: Path, *args: str, recipe="recipes/jsd_distill_single_device.py", check=True):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchtune._cli.tune", "run", recipe, "--config", str(config), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tune run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def metrics(out: Path):
+    return [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines()]

@@ -7,7 +7,7 @@ freed. The backward pass only rescales the stored gradients. Pure PyTorch: runs 
 and CUDA. Same idea as Liger-Kernel's fused-linear JSD, without Triton.
 """
 
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,7 @@
 import json
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import DOLLY, REPO, TINY
-from tests.recipes.test_jsd_distill_single_device import tiny_dirs, tune_run  # noqa: F401 (fixture)
+from tests.conftest import tune_run
 
 CONFIGS = sorted((REPO / "configs" / "smollm2").glob("*.yaml"))
 

@@ -1,13 +1,12 @@
 """The eval recipe end to end on tiny random models and a 5-row eval set."""
 
 import json
-import re
 
 import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO, write_tiny_hf_dir
-from tests.recipes.test_jsd_distill_single_device import tune_run
+from tests.conftest import tune_run
 
 ROWS = [
     {"instruction": "What is the capital of France?", "context": "", "response": "Paris.", "category": "open_qa"},

@@ -1,6 +1,5 @@
 """`tune run --nproc_per_node 2` with FSDP2 on CPU (gloo) on tiny models."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.recipes.test_jsd_distill_single_device import metrics, tiny_config, tiny_dirs, tune_run  # noqa: F401
+from tests.conftest import metrics, tiny_config, tune_run
 
 
 def tune_run_distributed(config, *args, nproc=2, check=True):

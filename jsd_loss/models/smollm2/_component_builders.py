@@ -9,7 +9,7 @@ layout; checkpoints in HF's rotate-half layout are permuted by the converters in
 ``_convert_weights.py``.
 """
 
-from typing import List, Optional
+from typing import List
 
 from torch import nn
 from torchtune.models.llama3._component_builders import llama3_mlp, lora_llama3_mlp

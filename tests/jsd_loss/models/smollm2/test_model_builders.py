@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from jsd_loss.checkpointing import load_state_dict
 from jsd_loss.models.smollm2 import (
     lora_smollm2_135m,
     smollm2,
