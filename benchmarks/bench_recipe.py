@@ -1,0 +1,140 @@
+"""Throughput and peak memory of the distillation recipes, side by side in one run.
+
+Same teacher (SmolLM2-135M-Instruct), student (the pruned 90M), data (Dolly train), batch
+and sequence length for every variant:
+
+* ``stock_lora``: torchtune's own ``knowledge_distillation_single_device``, LoRA student
+  (the only kind it supports), our chunked JSD as ``kd_loss``;
+* ``ours_lora``: our recipe, same LoRA student and loss;
+* ``ours_full_chunked``: our recipe, full-parameter student, chunked JSD;
+* ``ours_full_unchunked``: full-parameter student, token-level JSD on full logits;
+* ``ours_full_fused``: full-parameter student, fused-linear JSD (CE from the same pass).
+
+Each variant runs in its own process (``tune run``); tokens/s is the median over the steps
+after the first (unmasked label tokens per second of step time, as both recipes log it),
+peak memory is the process's peak RSS (CPU) as seen by the parent.
+
+    python benchmarks/bench_recipe.py --steps 8              # needs models/ (README: prepare)
+    python benchmarks/bench_recipe.py --json                 # one JSON object
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_quick.yaml"
+LORA = {"_component_": "jsd_loss.models.smollm2.lora_smollm2_90m", "lora_attn_modules": ["q_proj", "v_proj"],
+        "apply_lora_to_mlp": True, "lora_rank": 16, "lora_alpha": 32}
+VARIANTS = ["stock_lora", "ours_lora", "ours_full_chunked", "ours_full_unchunked", "ours_full_fused"]
+
+
+def _config(variant: str, args, out: Path) -> Path:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(BASE)
+    cfg.output_dir = str(out)
+    cfg.teacher_dir, cfg.student_dir = args.teacher_dir, args.student_dir
+    cfg.max_steps_per_epoch = args.steps
+    cfg.batch_size = args.batch_size
+    cfg.tokenizer.max_seq_len = args.max_seq_len
+    cfg.save_every_n_steps = None
+    cfg.shuffle = False
+    if "lora" in variant:
+        cfg.model = dict(LORA)
+    if variant == "ours_full_unchunked":
+        cfg.loss = {"_component_": "torch.nn.CrossEntropyLoss", "ignore_index": -100}
+        cfg.kd_loss = {"_component_": "jsd_loss.JSDistillLoss", "beta": 0.5}
+    if variant == "ours_full_fused":
+        cfg.kd_loss = {"_component_": "jsd_loss.FusedLinearJSDistillLoss", "beta": 0.5, "return_ce": True}
+    if variant == "stock_lora":
+        cfg.compile = False
+        cfg.enable_activation_checkpointing = False
+        cfg.log_peak_memory_stats = False
+        cfg.metric_logger = {"_component_": "torchtune.training.metric_logging.DiskLogger", "log_dir": str(out / "logs")}
+    path = out.parent / f"{variant}.yaml"
+    OmegaConf.save(cfg, path)
+    return path
+
+
+def _tokens_per_second(variant: str, out: Path) -> list:
+    if variant == "stock_lora":
+        text = "".join(p.read_text() for p in (out / "logs").glob("*.txt"))
+        return [float(x) for x in re.findall(r"tokens_per_second_per_gpu:([0-9.eE+-]+)", text)]
+    records = [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [r["tokens_per_second"] for r in records]
+
+
+def run_worker(variant: str, config: Path) -> dict:
+    """Runs one variant as this process's only child and reports its peak RSS."""
+    import resource
+
+    recipe = "knowledge_distillation_single_device" if variant == "stock_lora" else "recipes/jsd_distill_single_device.py"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "torchtune._cli.tune", "run", recipe, "--config", str(config)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant} failed:\n{proc.stderr[-4000:]}")
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--max-seq-len", type=int, default=256)
+    p.add_argument("--teacher-dir", default=str(REPO / "models" / "smollm2-135m-instruct"))
+    p.add_argument("--student-dir", default=str(REPO / "models" / "smollm2-90m-student"))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--json-out")
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args.worker[0], Path(args.worker[1]))))
+        return
+    for d in (args.teacher_dir, args.student_dir):
+        if not (Path(d) / "config.json").is_file():
+            sys.exit(f"error: {d} is not a prepared model directory (see README: python -m jsd_loss.prepare)")
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants.split(","):
+            out = Path(tmp) / variant
+            config = _config(variant, args, out)
+            res = subprocess.run([sys.executable, __file__, "--worker", variant, str(config)],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(res.stderr[-4000:])
+            tps = _tokens_per_second(variant, out)
+            rows[variant] = {"tokens_per_second": statistics.median(tps[1:] or tps), "steps": len(tps),
+                             **json.loads(res.stdout.strip().splitlines()[-1])}
+    report = {"config": {k: getattr(args, k) for k in ("steps", "batch_size", "max_seq_len")}, "variants": rows}
+    if "stock_lora" in rows and "ours_lora" in rows:
+        report["ours_vs_stock_tokens_per_second"] = rows["ours_lora"]["tokens_per_second"] / rows["stock_lora"]["tokens_per_second"]
+    if "ours_full_fused" in rows and "ours_full_chunked" in rows:
+        report["fused_vs_chunked_peak_rss"] = rows["ours_full_fused"]["peak_rss_bytes"] / rows["ours_full_chunked"]["peak_rss_bytes"]
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    c = report["config"]
+    print(f"steps={c['steps']} batch_size={c['batch_size']} max_seq_len={c['max_seq_len']} (teacher 135M, student 90M, CPU)")
+    print("| variant | tokens/s (median) | peak RSS (GiB) |")
+    print("|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['tokens_per_second']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
+    for key in ("ours_vs_stock_tokens_per_second", "fused_vs_chunked_peak_rss"):
+        if key in report:
+            print(f"{key} = {report[key]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
