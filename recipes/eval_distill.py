@@ -304,7 +304,7 @@ def render_report(results: Dict[str, Any], baseline: str) -> str:
         ("next-token top-1 agreement with teacher", "teacher_top1_agreement"),
         ("reference NLL / token", "nll_per_token"), ("reference perplexity", "perplexity"),
         ("final total loss", "loss.final"), ("final CE", "class_loss.final"), ("final KD divergence", "kd_loss.final"),
-        ("steps to within 5% of final loss", "loss.convergence_step"),
+        ("steps to within 5% of final loss (smoothed)", "loss.convergence_step"),
         ("loss variance, last 25% of steps", "loss.tail_variance"),
         ("final-loss variance across seeds", "loss.seed_variance"),
         ("steps to within 5% of final CE", "class_loss.convergence_step"),

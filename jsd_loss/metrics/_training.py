@@ -21,22 +21,20 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
 def convergence_step(
     steps: Sequence[int], losses: Sequence[float], tolerance: float = 0.05, window: Optional[int] = None
 ) -> int:
-    """First step from which the smoothed loss stays within ``tolerance`` of its final value.
+    """First step at which the smoothed loss comes within ``tolerance`` of its final value.
 
-    The per-step loss is smoothed with a trailing moving average (``window`` defaults to 5%
-    of the run, at least 1) so that one noisy step neither counts as converged nor breaks it.
-    "Within 5%" means ``|smoothed - final| <= tolerance * |final|``.
+    Per-step losses of small batches are noisy, so the curve is smoothed with a trailing
+    moving average (``window`` defaults to 10% of the run, at least 1): a single lucky step
+    does not count as convergence. "Within 5%" means ``|smoothed - final| <= tolerance *
+    |final|``, with ``final`` the last smoothed value.
     """
     if len(steps) != len(losses) or not losses:
         raise ValueError("convergence_step needs equally long, non-empty steps and losses")
-    window = window or max(1, len(losses) // 20)
+    window = window or max(1, len(losses) // 10)
     smooth = moving_average(losses, window)
     final = smooth[-1]
-    inside = np.abs(smooth - final) <= tolerance * abs(final)
-    # the last index where the curve was outside the band; converged right after it
-    outside = np.nonzero(~inside)[0]
-    first = 0 if outside.size == 0 else outside[-1] + 1
-    return int(steps[first])
+    inside = np.nonzero(np.abs(smooth - final) <= tolerance * abs(final))[0]
+    return int(steps[inside[0]])
 
 
 def tail_variance(losses: Sequence[float], last_fraction: float = 0.25) -> float:

@@ -106,6 +106,21 @@ def test_bf16_training_is_finite(tmp_path, tiny_dirs, kd_loss):
     assert len(m) == 2 and all(0 < r["kd_loss"] <= 0.6932 and r["class_loss"] > 0 for r in m)
 
 
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_dirs):
+    """2 batches of 2 accumulated == 1 batch of 4: losses and gradients are token-weighted
+    over the whole step (the stock recipe averages per batch, then divides again)."""
+    common = {"max_steps_per_epoch": 3, "save_every_n_steps": None}
+    a, b = tmp_path / "big", tmp_path / "accum"
+    a.mkdir(), b.mkdir()
+    tune_run(tiny_config(a, *tiny_dirs, **common, batch_size=4))
+    tune_run(tiny_config(b, *tiny_dirs, **common, batch_size=2, gradient_accumulation_steps=2))
+    big, accum = metrics(a / "out"), metrics(b / "out")
+    assert len(big) == len(accum) == 3
+    for ra, rb in zip(big, accum):
+        for key in ("loss", "class_loss", "kd_loss", "grad_norm"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra["step"], key)
+
+
 def test_lora_student(tmp_path, tiny_dirs):
     lora = {"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
             "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, **TINY}
