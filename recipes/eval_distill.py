@@ -96,7 +96,7 @@ class EvalDistillRecipe:
         if ds.get("split", None) == "eval":
             examples = [e for e in examples if is_eval_row(e)]
         if ds.get("max_rows", None):
-            examples = examples[: ds.max_rows]
+            examples = _round_robin_by_category(examples, ds.max_rows)
         if not examples:
             raise ValueError(f"the eval set from {ds.source} is empty")
         return examples
@@ -286,6 +286,20 @@ class EvalDistillRecipe:
         fig.tight_layout()
         fig.savefig(self._output_dir / "metrics.png", dpi=120)
         plt.close(fig)
+
+
+def _round_robin_by_category(examples: List[Dict[str, str]], n: int) -> List[Dict[str, str]]:
+    """The first ``n`` examples taken in turn from each category (in file order), so a
+    subset of a category-sorted file still covers every category."""
+    groups: Dict[str, List] = defaultdict(list)
+    for ex in examples:
+        groups[ex["category"]].append(ex)
+    picked, queues = [], [list(g) for g in groups.values()]
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return picked
 
 
 def _fmt(stat: Dict[str, float]) -> str:

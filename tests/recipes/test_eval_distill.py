@@ -123,3 +123,11 @@ def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
                         recipe="recipes/eval_distill.py", check=False)
         assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-1500:])
         assert not out.exists()
+
+
+def test_eval_subset_covers_every_category():
+    from recipes.eval_distill import _round_robin_by_category
+
+    picked = _round_robin_by_category(ROWS, 3)
+    assert [r["category"] for r in picked] == ["open_qa", "summarization", "information_extraction"]
+    assert _round_robin_by_category(ROWS, 10) == [ROWS[i] for i in (0, 1, 3, 2, 4)]
