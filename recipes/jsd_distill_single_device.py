@@ -425,12 +425,27 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         """Token count and summed losses of the whole step (all ranks in the distributed recipe)."""
         return num_tokens, class_loss_sum, kd_loss_sum
 
+    def _reset_peak_memory(self) -> None:
+        """Start the peak-memory window at training, after checkpoint loading's own peak."""
+        if self._device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self._device)
+            return
+        try:  # Linux: writing 5 resets the process's RSS high-water mark (VmHWM)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
     def _peak_memory_gib(self) -> float:
         if self._device.type == "cuda":
             return torch.cuda.max_memory_allocated(self._device) / 2**30
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        try:
+            status = Path("/proc/self/status").read_text()
+            return int(status.split("VmHWM:")[1].split()[0]) / 2**20  # kB -> GiB
+        except (OSError, IndexError, ValueError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
     def train(self) -> None:
+        self._reset_peak_memory()
         t0 = time.perf_counter()
         running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
         self._model.train()
