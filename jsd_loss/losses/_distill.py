@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from jsd_loss.losses._functional import (
-    generalized_jsd,
+    _check_args,
     kl_direction_to_beta,
     student_divergence,
 )
@@ -18,8 +18,7 @@ class _DivergenceLoss(nn.Module):
         self.beta = beta
         self.temperature = temperature
         self.ignore_index = ignore_index
-        # fail at construction, not at the first training step
-        generalized_jsd(torch.zeros(1, 1), torch.zeros(1, 1), beta, temperature)
+        _check_args(beta, temperature)  # fail at construction, not at the first training step
 
     def token_sum(
         self,

@@ -31,3 +31,12 @@ def verified_manifest(target: Path, **expected) -> Optional[dict]:
         if not f.is_file() or f.stat().st_size != size:
             return None
     return info
+
+
+def refuse_foreign_output(output_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty ``output_dir`` that is not a verified output, unless asked."""
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} exists, is not empty and is not a verified output of this command; "
+            "pass --overwrite to replace it (the old contents stay until the new ones are complete)"
+        )

@@ -12,8 +12,7 @@ from jsd_loss.checkpointing import (
     read_config,
     write_model_dir,
 )
-from jsd_loss.prepare._manifest import verified_manifest, write_manifest
-from jsd_loss.prepare._teacher import _refuse_foreign
+from jsd_loss.prepare._manifest import refuse_foreign_output, verified_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ def prepare_student(
     if verified_manifest(output_dir, **source):
         log.info("%s already holds this student; nothing to do", output_dir)
         return output_dir
-    _refuse_foreign(output_dir, overwrite)
+    refuse_foreign_output(output_dir, overwrite)
 
     teacher = load_state_dict(teacher_dir)
     check_llama_dims(config, teacher, str(teacher_dir))

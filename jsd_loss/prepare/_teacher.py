@@ -1,13 +1,14 @@
 """``python -m jsd_loss.prepare teacher``: a HF directory for SmolLM2-135M-Instruct."""
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Optional
 
 from jsd_loss.checkpointing import atomic_directory, write_model_dir
 from jsd_loss.prepare._gguf import default_gguf_path, read_gguf, sha256_file
 from jsd_loss.prepare._hf_tokenizer import write_tokenizer_files
-from jsd_loss.prepare._manifest import verified_manifest, write_manifest
+from jsd_loss.prepare._manifest import refuse_foreign_output, verified_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def prepare_teacher_from_gguf(
     if verified_manifest(output_dir, kind="teacher", source_sha256=digest):
         log.info("%s already holds the teacher prepared from %s; nothing to do", output_dir, gguf_path)
         return output_dir
-    _refuse_foreign(output_dir, overwrite)
+    refuse_foreign_output(output_dir, overwrite)
     model = read_gguf(gguf_path)  # validates everything before anything is written
     with atomic_directory(output_dir, overwrite=True) as tmp:
         write_model_dir(tmp, model.state_dict, model.config)
@@ -46,7 +47,7 @@ def prepare_teacher_from_hub(output_dir: Path, repo_id: str, overwrite: bool = F
     if verified_manifest(output_dir, kind="teacher", source=repo_id):
         log.info("%s already holds %s; nothing to do", output_dir, repo_id)
         return output_dir
-    _refuse_foreign(output_dir, overwrite)
+    refuse_foreign_output(output_dir, overwrite)
     with atomic_directory(output_dir, overwrite=True) as tmp:
         try:
             snapshot_download(repo_id, local_dir=str(tmp), allow_patterns=["*.json", "*.safetensors"])
@@ -55,17 +56,6 @@ def prepare_teacher_from_hub(output_dir: Path, repo_id: str, overwrite: bool = F
                 f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: {e}); "
                 "without hub access use the offline GGUF import (omit --hub-id)"
             ) from e
-        for cache in tmp.glob(".cache"):
-            import shutil
-
-            shutil.rmtree(cache)
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)  # snapshot_download's bookkeeping
         write_manifest(tmp, {"kind": "teacher", "source": repo_id})
     return output_dir
-
-
-def _refuse_foreign(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{output_dir} exists, is not empty and is not a verified output of this command; "
-            "pass --overwrite to replace it (the old contents stay until the new ones are complete)"
-        )
