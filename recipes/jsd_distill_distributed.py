@@ -14,8 +14,11 @@
 #     FSDP2's gradient averaging, so a step equals the single-device step at the same global batch;
 #   - checkpoints: full model and optimizer state consolidated on rank 0, which alone writes
 #     (atomically); every rank waits at a barrier;
-#   - fused-linear KD losses are refused: under FSDP2 the output weight is a sharded DTensor
-#     outside the model's forward.
+#   - fused-linear KD losses read the output weight after the forward, so the root module
+#     (embeddings, final norm, output) is not resharded after forward: the loss sees the
+#     unsharded weight and FSDP2 reduce-scatters its gradient with the others;
+#   - LoRA adapters are drawn from the run's seed on every rank before sharding (the frozen
+#     base is built on meta and loaded from the checkpoint).
 
 import sys
 from functools import partial
@@ -25,6 +28,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.distributed import destroy_process_group, init_process_group
+from torch.distributed.tensor import DTensor
 from torchtune import config, modules, training, utils
 from torchtune.modules.peft import get_adapter_params, set_trainable_params
 
@@ -48,15 +52,6 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         self._reshard_after_forward = cfg.get("fsdp_reshard_after_forward", True)
         self._cpu_offload = cfg.get("fsdp_cpu_offload", False)
 
-    def setup(self, cfg: DictConfig) -> None:
-        kd_loss = cfg.kd_loss._component_
-        if "FusedLinear" in kd_loss:
-            raise ValueError(
-                f"{kd_loss} needs the full output weight outside the model's forward, which FSDP2 "
-                "keeps sharded; use a chunked KD loss (e.g. jsd_loss.JSDistillWithChunkedOutputLoss) here"
-            )
-        super().setup(cfg)
-
     def _shard_and_load(self, model: nn.Module, state_dict: Dict[str, Any], strict: bool):
         training.shard_model(
             model=model,
@@ -64,6 +59,10 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
             cpu_offload=self._cpu_offload,
             reshard_after_forward=self._reshard_after_forward,
         )
+        if self._fused_kd:
+            # the fused loss multiplies by the output weight after the forward; FSDP2's own
+            # default for a root, which torchtune's explicit reshard_after_forward overrides
+            model.set_reshard_after_forward(False, recurse=False)
         with training.set_default_dtype(self._dtype), self._device:
             for m in model.modules():
                 if hasattr(m, "rope_init"):  # RoPE buffers are not in the state dict
@@ -85,11 +84,7 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         if enable_activation_checkpointing:
             training.set_activation_checkpointing(model, auto_wrap_policy={modules.TransformerSelfAttentionLayer})
         if self._is_lora:
-            with training.set_default_dtype(self._dtype), self._device:
-                for m in model.modules():
-                    if hasattr(m, "initialize_parameters") and hasattr(m, "lora_a"):
-                        m.to_empty(device=self._device)
-                        m.initialize_parameters()
+            self._init_adapters(model)
         missing, unexpected = self._shard_and_load(model, model_state_dict, strict=False)
         missing = [k for k in missing if k not in self.adapter_params]
         if missing or unexpected:
@@ -111,6 +106,16 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         training.validate_no_params_on_meta_device(model)
         self._barrier()
         return model
+
+    @staticmethod
+    def _output_weight(model: nn.Module) -> torch.Tensor:
+        weight = KDRecipeSingleDevice._output_weight(model)
+        if isinstance(weight, DTensor):
+            raise RuntimeError(
+                "the output weight is still sharded after the forward; the fused-linear KD loss "
+                "needs the root module unsharded (set_reshard_after_forward(False) on the root)"
+            )
+        return weight
 
     def _reduce_step_stats(self, num_tokens, class_loss_sum, kd_loss_sum):
         stats = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=self._device).detach()

@@ -256,6 +256,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             self._lora_rank = cfg_model.lora_rank
             self._lora_alpha = cfg_model.lora_alpha
             set_trainable_params(model, self.adapter_params)
+            self._init_adapters(model)
 
         if enable_activation_checkpointing:
             training.set_activation_checkpointing(
@@ -275,6 +276,19 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             f"parameters) is initialized with precision {self._dtype}."
         )
         return model
+
+    def _init_adapters(self, model: nn.Module) -> None:
+        """Draw the LoRA adapters from the run's seed alone, so they are the same however the
+        frozen base was built (on the device here, on meta in the distributed recipe) and on
+        every rank; the caller's random stream is left as it was."""
+        devices = [self._device] if self._device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), training.set_default_dtype(self._dtype):
+            torch.manual_seed(self.seed)
+            for m in model.modules():
+                if hasattr(m, "adapter_params") and hasattr(m, "initialize_parameters"):  # LoRALinear
+                    if any(p.is_meta for p in m.parameters()):
+                        m.to_empty(device=self._device)
+                    m.initialize_parameters()
 
     def _setup_teacher_model(self, model_cfg: DictConfig, model_state_dict: Dict[str, Any]) -> nn.Module:
         with training.set_default_dtype(self._dtype), self._device:
