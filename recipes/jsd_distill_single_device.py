@@ -114,6 +114,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._student_dir = student_dir
 
         previous = sorted(p.name for p in self._output_dir.glob("*") if p.name == "final" or p.name.startswith("step_"))
+        self._replaced_run = []
         if previous and not self._resume_from_checkpoint:
             if not cfg.get("overwrite_output", False):
                 raise FileExistsError(
@@ -121,10 +122,18 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                     "resume_from_checkpoint=True to continue it, overwrite_output=True to replace it, "
                     "or choose another output_dir"
                 )
-            if self._is_rank_zero:
-                for name in previous:
-                    shutil.rmtree(self._output_dir / name)
-            self._barrier()
+            self._replaced_run = previous  # removed once setup has succeeded
+
+    def _start_output(self, cfg: DictConfig) -> None:
+        """The point of no return, reached only when setup has succeeded: the run being
+        replaced is removed, the config logged and a fresh metrics log started (a resumed run
+        keeps its records up to the checkpoint)."""
+        if self._is_rank_zero:
+            for name in self._replaced_run:
+                shutil.rmtree(self._output_dir / name)
+            self._metric_logger.log_config(cfg)
+        self._metric_logger_truncate(self.global_step)
+        self._barrier()
 
     def _validate_models(self) -> None:
         s_vocab = self._model.tok_embeddings.num_embeddings
@@ -142,8 +151,6 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         models are loaded, so bad input fails in seconds."""
         self._validate_inputs(cfg)
         self._metric_logger = config.instantiate(cfg.metric_logger)
-        if self._is_rank_zero:
-            self._metric_logger.log_config(cfg)
         self._tokenizer = config.instantiate(cfg.tokenizer)
 
         self._loss_fn = config.instantiate(cfg.loss)
@@ -204,14 +211,13 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             num_training_steps=self.total_epochs * self._steps_per_epoch,
             last_epoch=self.global_step - 1,
         )
-        # a resumed run re-logs the steps after its checkpoint; a fresh one starts the log anew
-        self._metric_logger_truncate(self.global_step)
         if resume_state is not None:
             torch.set_rng_state(resume_state["state"]["rng_state"])
 
         self.ignore_labels_cache = torch.full(
             (cfg.batch_size, 1), self._loss_fn.ignore_index, device=self._device
         )
+        self._start_output(cfg)
 
     def _latest_checkpoint(self) -> Optional[Dict[str, Any]]:
         steps = sorted(

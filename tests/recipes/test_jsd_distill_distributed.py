@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -62,6 +63,24 @@ def test_a_failing_start_gives_a_clear_error_and_no_checkpoint(tmp_path, tiny_di
     assert not (tmp_path / "out").exists() or not [
         p for p in (tmp_path / "out").iterdir() if p.name.startswith(("step_", "final"))
     ]
+
+
+def test_one_rank_failing_at_start_stops_all_and_keeps_the_earlier_run(tmp_path, tiny_dirs):
+    """Rank 1 fails while rank 0 goes on to load and shard the models: torchrun stops the
+    job (no hang at rank 0's first collective), the error names the cause, and the run that
+    overwrite_output=True would replace is untouched."""
+    earlier = tmp_path / "out" / "final"
+    earlier.mkdir(parents=True)
+    (earlier / "keep.txt").write_text("earlier run")
+    tokenizer = {"_component_": "tests.recipes.faults.tokenizer_failing_on_rank", "rank": 1,
+                 "path": str(tiny_dirs[0] / "tokenizer.json"), "max_seq_len": 64}
+    cfg = tiny_config(tmp_path, *tiny_dirs, tokenizer=tokenizer, overwrite_output=True)
+    start = time.monotonic()
+    proc = tune_run_distributed(cfg, check=False)
+    assert proc.returncode != 0 and "injected failure on rank 1" in proc.stderr + proc.stdout
+    assert time.monotonic() - start < 300
+    assert (earlier / "keep.txt").read_text() == "earlier run"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != "logs") == ["final"]
 
 
 def final_weights(out):

@@ -157,6 +157,13 @@ def test_an_earlier_run_is_never_overwritten_silently(tmp_path, tiny_dirs):
     proc = tune_run(cfg, check=False)
     assert proc.returncode != 0 and "already holds a run" in proc.stderr + proc.stdout
     assert (tmp_path / "out" / "final" / "keep.txt").read_text() == "earlier run"
+    # overwrite_output=True replaces it only once setup has succeeded: a bad dataset loses nothing
+    proc = tune_run(cfg, "overwrite_output=True", f"dataset.source={tmp_path / 'none.jsonl'}", check=False)
+    assert proc.returncode != 0 and "dataset file not found" in proc.stderr + proc.stdout
+    assert (tmp_path / "out" / "final" / "keep.txt").read_text() == "earlier run"
+    tune_run(cfg, "overwrite_output=True", "max_steps_per_epoch=1")
+    assert not (tmp_path / "out" / "final" / "keep.txt").exists()
+    assert (tmp_path / "out" / "final" / "config.json").is_file() and len(metrics(tmp_path / "out")) == 1
 
 
 def test_stock_torchtune_kd_recipe_accepts_our_loss_unchanged(tmp_path, tiny_dirs):
