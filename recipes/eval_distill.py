@@ -8,7 +8,7 @@ match against the references, per category; agreement with the teacher (ROUGE-L 
 outputs, next-token top-1 agreement on the reference responses); NLL and perplexity of
 the references. From each student's training log: final loss, convergence step (within
 5% of final), tail loss variance; spread across seeds; relative differences against the
-baseline student. Writes ``report.md``, ``results.json`` and PNG plots to ``output_dir``.
+baseline student, and a paired bootstrap over prompts of the ROUGE-L / F1 differences. Writes ``report.md``, ``results.json`` and PNG plots to ``output_dir``.
 """
 
 import json
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from jsd_loss.checkpointing import read_config
 from jsd_loss.datasets import is_eval_row, load_rows, prompt_text
-from jsd_loss.metrics import curve_summary, exact_match, relative_difference, rouge, token_f1
+from jsd_loss.metrics import curve_summary, exact_match, paired_bootstrap, relative_difference, rouge, token_f1
 from jsd_loss.models.smollm2 import smollm2_from_hf
 from jsd_loss.training import read_metrics
 
@@ -38,6 +38,8 @@ log = utils.get_logger("INFO")
 
 ANSWER_METRICS = ("rouge1", "rouge2", "rougeL", "f1", "exact_match")
 CURVE_KEYS = ("loss", "class_loss", "kd_loss")
+# per-prompt scores kept for the paired bootstrap against the baseline
+PAIRED_METRICS = ("rougeL", "f1", "teacher_rougeL")
 
 
 class EvalDistillRecipe:
@@ -160,6 +162,7 @@ class EvalDistillRecipe:
         for p, out, ref in zip(per, outputs, refs):
             p["f1"], p["exact_match"] = token_f1(out, ref), exact_match(out, ref)
         overall = {k: float(np.mean([p[k] for p in per])) for k in ANSWER_METRICS}
+        overall["per_example"] = {k: [p[k] for p in per] for k in PAIRED_METRICS if k in per[0]}
         by_cat = defaultdict(list)
         for p, ex in zip(per, self._examples):
             by_cat[ex["category"]].append(p)
@@ -188,9 +191,10 @@ class EvalDistillRecipe:
             agree = sum(int((a == b).sum()) for a, b in zip(m["tf"]["argmax"], teacher_tf["argmax"]))
             entry = {
                 "name": m["name"], "role": m["role"], "checkpoint_dir": str(m["checkpoint_dir"]),
-                **answers["overall"],
+                **{k: v for k, v in answers["overall"].items() if k != "per_example"},
                 "per_category": answers["per_category"],
                 "teacher_rougeL": float(np.mean([r["rougeL"] for r in agree_rouge])),
+                "per_example": {**answers["overall"]["per_example"], "teacher_rougeL": [r["rougeL"] for r in agree_rouge]},
                 "teacher_top1_agreement": agree / max(tokens, 1),
                 "nll_per_token": sum(m["tf"]["nll"]) / max(tokens, 1),
                 "outputs": m["outputs"],
@@ -238,7 +242,17 @@ class EvalDistillRecipe:
                 k: relative_difference(v["mean"], base[k]["mean"]) for k, v in summary[name].items()
                 if k in base and isinstance(v, dict) and "mean" in v
             }
+            summary[name]["paired_vs_" + self._baseline] = {
+                k: paired_bootstrap(self._per_prompt(entries, name, k), self._per_prompt(entries, self._baseline, k),
+                                    seed=int(self._cfg.get("seed", 0)))
+                for k in PAIRED_METRICS
+            }
         return summary
+
+    @staticmethod
+    def _per_prompt(entries: List[Dict], name: str, key: str) -> List[float]:
+        """Per-prompt score of ``name``, averaged over its seeds."""
+        return np.mean([e["per_example"][key] for e in entries if e["name"] == name], axis=0).tolist()
 
     # ------------------------------------------------------------------ outputs
 
@@ -347,6 +361,19 @@ def render_report(results: Dict[str, Any], baseline: str) -> str:
             rel = summary[n].get(f"relative_to_{baseline}", {}).get(key)
             cells.append(f"{rel:+.1%}" if rel is not None else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    labels = dict((key, label) for label, key in rows)
+    for n in others:
+        paired = summary[n].get(f"paired_vs_{baseline}")
+        if not paired:
+            continue
+        lines += ["", f"## {n} vs {baseline}, paired by prompt", "",
+                  f"Difference of per-prompt means ({n} - {baseline}; each prompt's score averaged over a "
+                  "name's seeds) with a 95% percentile-bootstrap interval over prompts; it reflects prompt "
+                  "sampling, not seed variance (see ± above).", "",
+                  "| metric | difference | 95% interval | share of resamples ≤ 0 |", "|---|---|---|---|"]
+        for key, p in paired.items():
+            lines.append(f"| {labels.get(key, key)} | {p['diff']:+.4f} | [{p['low']:+.4f}, {p['high']:+.4f}] | "
+                         f"{p['p_not_above_zero']:.3f} |")
     lines += ["", "## Per category (ROUGE-L / token F1, first run of each name)", ""]
     cats = sorted({c for m in results["models"] for c in m["per_category"]})
     lines.append("| category | n | " + " | ".join(names) + " |")

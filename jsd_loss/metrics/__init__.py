@@ -1,3 +1,4 @@
+from jsd_loss.metrics._stats import paired_bootstrap
 from jsd_loss.metrics._text import exact_match, normalize_answer, rouge, token_f1
 from jsd_loss.metrics._training import (
     convergence_step,
@@ -13,6 +14,7 @@ __all__ = [
     "exact_match",
     "moving_average",
     "normalize_answer",
+    "paired_bootstrap",
     "relative_difference",
     "rouge",
     "tail_variance",

@@ -93,6 +93,16 @@ def test_report_numbers_come_from_results_json(tmp_path, setup_dirs):
     # hand check of the log statistics: kl's final (mean of last 5% -> last point) is 1.8
     assert by_name["kl"][0]["training"]["loss"]["final"] == pytest.approx(1.8)
 
+    # paired bootstrap: the observed difference of per-prompt means, seeds averaged per prompt
+    for m in results["models"]:
+        assert np.mean(m["per_example"]["rougeL"]) == pytest.approx(m["rougeL"])
+    jsd_per_prompt = np.mean([m["per_example"]["f1"] for m in jsd], axis=0)
+    paired = summary["jsd"]["paired_vs_kl"]["f1"]
+    assert paired["diff"] == pytest.approx(np.mean(jsd_per_prompt - np.array(by_name["kl"][0]["per_example"]["f1"])))
+    assert paired["low"] <= paired["diff"] <= paired["high"] and paired["n"] == 5
+    self_vs_kl = summary["self"]["paired_vs_kl"]["teacher_rougeL"]
+    assert self_vs_kl["diff"] == pytest.approx(1.0 - by_name["kl"][0]["teacher_rougeL"])
+
     # and every number in the report's main table is one of those
     report = (out / "report.md").read_text()
     row = next(l for l in report.splitlines() if l.startswith("| ROUGE-L |"))
@@ -102,6 +112,9 @@ def test_report_numbers_come_from_results_json(tmp_path, setup_dirs):
     assert cells[3] == f"{summary['kl']['rougeL']['mean']:.4g}"
     loss_row = next(l for l in report.splitlines() if l.startswith("| final total loss |"))
     assert f"{summary['jsd']['relative_to_kl']['loss.final']:+.1%}" in loss_row
+    section = report.split("## jsd vs kl, paired by prompt")[1].split("##")[0]
+    f1_row = next(l for l in section.splitlines() if l.startswith("| token F1 |"))
+    assert f"{paired['diff']:+.4f} | [{paired['low']:+.4f}, {paired['high']:+.4f}]" in f1_row
 
 
 def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
