@@ -3,7 +3,7 @@
 # `bash scripts/setup.sh` and the two `python -m jsd_loss.prepare` commands of the README).
 set -euo pipefail
 export PYTHONPATH=$PWD
-for seed in 42; do
+for seed in 42 43 44; do
   for loss in jsd kl; do
     .venv/bin/tune run recipes/jsd_distill_single_device.py \
       --config configs/smollm2/135M_to_90M_${loss}_quick.yaml \
@@ -11,7 +11,7 @@ for seed in 42; do
   done
 done
 .venv/bin/tune run recipes/eval_distill.py --config results/2026-11-22-cpu-135m-to-90m/eval.yaml
-for run in jsd_s42 kl_s42; do
+for run in jsd_s42 jsd_s43 jsd_s44 kl_s42 kl_s43 kl_s44; do
   mkdir -p results/2026-11-22-cpu-135m-to-90m/logs/$run
   cp outputs/cmp_${run}/logs/metrics.jsonl outputs/cmp_${run}/logs/config.yaml results/2026-11-22-cpu-135m-to-90m/logs/$run/
 done
