@@ -27,7 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, add_json_args, add_model_dir_args, check_model_dirs, emit_json
+
 BASE = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_quick.yaml"
 VARIANTS = ["single_chunked", "fsdp_chunked", "fsdp_fused"]
 COMPARED = ("loss", "class_loss", "kd_loss", "grad_norm")
@@ -75,15 +76,11 @@ def main() -> None:
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
-    p.add_argument("--teacher-dir", default=str(REPO / "models" / "smollm2-135m-instruct"))
-    p.add_argument("--student-dir", default=str(REPO / "models" / "smollm2-90m-student"))
+    add_model_dir_args(p)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--json-out")
+    add_json_args(p)
     args = p.parse_args()
-    for d in (args.teacher_dir, args.student_dir):
-        if not (Path(d) / "config.json").is_file():
-            sys.exit(f"error: {d} is not a prepared model directory (see README: python -m jsd_loss.prepare)")
+    check_model_dirs(args)
     variants = args.variants.split(",")
     if "single_chunked" not in variants:
         sys.exit("error: --variants needs single_chunked, the reference the others are compared with")
@@ -112,10 +109,7 @@ def main() -> None:
         row["peak_memory_vs_single"] = row["training_peak_memory_gib"] / rows["single_chunked"]["training_peak_memory_gib"]
     report = {"config": {k: getattr(args, k) for k in ("steps", "nproc", "batch_size", "max_seq_len", "device", "dtype")},
               "variants": rows}
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
+    if emit_json(report, args):
         return
     c = report["config"]
     print(f"steps={c['steps']} nproc={c['nproc']} batch_size/rank={c['batch_size']} max_seq_len={c['max_seq_len']} "

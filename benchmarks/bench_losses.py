@@ -32,6 +32,8 @@ import time
 import psutil
 import torch
 
+from _common import add_json_args, emit_json
+
 METHODS = ["naive_jsd", "torchtune_fkl_chunked", "chunked_jsd", "fused_linear_jsd"]
 
 
@@ -124,8 +126,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default=None, help="default: every device present (cpu, cuda)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--json-out", help="also write the JSON object to this file")
+    add_json_args(p)
     p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -161,11 +162,7 @@ def main() -> None:
     first = report["results"][devices[0]]
     for key in ("fused_vs_naive_peak_memory", "fused_vs_naive_time", "chunked_vs_torchtune_fkl_time"):
         report[key] = first[key]
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(report, f, indent=2)
-    if args.json:
-        print(json.dumps(report, indent=2))
+    if emit_json(report, args):
         return
     c = report["config"]
     print(f"tokens={c['tokens']} vocab={c['vocab']} hidden={c['hidden']} dtype={c['dtype']} "

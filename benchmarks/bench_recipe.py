@@ -30,7 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, add_json_args, add_model_dir_args, check_model_dirs, emit_json
+
 BASE = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_quick.yaml"
 LORA = {"_component_": "jsd_loss.models.smollm2.lora_smollm2_90m", "lora_attn_modules": ["q_proj", "v_proj"],
         "apply_lora_to_mlp": True, "lora_rank": 16, "lora_alpha": 32}
@@ -92,19 +93,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--max-seq-len", type=int, default=256)
-    p.add_argument("--teacher-dir", default=str(REPO / "models" / "smollm2-135m-instruct"))
-    p.add_argument("--student-dir", default=str(REPO / "models" / "smollm2-90m-student"))
+    add_model_dir_args(p)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--json-out")
+    add_json_args(p)
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(run_worker(args.worker[0], Path(args.worker[1]))))
         return
-    for d in (args.teacher_dir, args.student_dir):
-        if not (Path(d) / "config.json").is_file():
-            sys.exit(f"error: {d} is not a prepared model directory (see README: python -m jsd_loss.prepare)")
+    check_model_dirs(args)
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,10 +124,7 @@ def main() -> None:
         report["fused_vs_chunked_training_peak_rss"] = (
             rows["ours_full_fused"]["training_peak_rss_gib"] / rows["ours_full_chunked"]["training_peak_rss_gib"]
         )
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
+    if emit_json(report, args):
         return
     c = report["config"]
     print(f"steps={c['steps']} batch_size={c['batch_size']} max_seq_len={c['max_seq_len']} (teacher 135M, student 90M, CPU)")
