@@ -8,7 +8,8 @@ match against the references, per category; agreement with the teacher (ROUGE-L 
 outputs, next-token top-1 agreement on the reference responses); NLL and perplexity of
 the references. From each student's training log: final loss, convergence step (within
 5% of final), tail loss variance; spread across seeds; relative differences against the
-baseline student, and a paired bootstrap over prompts of the ROUGE-L / F1 differences. Writes ``report.md``, ``results.json`` and PNG plots to ``output_dir``.
+baseline student, and a paired bootstrap over prompts of the ROUGE-L / F1 differences.
+Writes ``report.md``, ``results.json`` and PNG plots to ``output_dir``.
 """
 
 import json
@@ -162,13 +163,13 @@ class EvalDistillRecipe:
         for p, out, ref in zip(per, outputs, refs):
             p["f1"], p["exact_match"] = token_f1(out, ref), exact_match(out, ref)
         overall = {k: float(np.mean([p[k] for p in per])) for k in ANSWER_METRICS}
-        overall["per_example"] = {k: [p[k] for p in per] for k in PAIRED_METRICS if k in per[0]}
         by_cat = defaultdict(list)
         for p, ex in zip(per, self._examples):
             by_cat[ex["category"]].append(p)
         categories = {c: {k: float(np.mean([p[k] for p in ps])) for k in ANSWER_METRICS} | {"n": len(ps)}
                       for c, ps in sorted(by_cat.items())}
-        return {"overall": overall, "per_category": categories}
+        per_example = {k: [p[k] for p in per] for k in PAIRED_METRICS if k in per[0]}
+        return {"overall": overall, "per_category": categories, "per_example": per_example}
 
     def evaluate(self) -> Dict[str, Any]:
         teacher = self._load(self._teacher["checkpoint_dir"])
@@ -191,10 +192,10 @@ class EvalDistillRecipe:
             agree = sum(int((a == b).sum()) for a, b in zip(m["tf"]["argmax"], teacher_tf["argmax"]))
             entry = {
                 "name": m["name"], "role": m["role"], "checkpoint_dir": str(m["checkpoint_dir"]),
-                **{k: v for k, v in answers["overall"].items() if k != "per_example"},
+                **answers["overall"],
                 "per_category": answers["per_category"],
                 "teacher_rougeL": float(np.mean([r["rougeL"] for r in agree_rouge])),
-                "per_example": {**answers["overall"]["per_example"], "teacher_rougeL": [r["rougeL"] for r in agree_rouge]},
+                "per_example": {**answers["per_example"], "teacher_rougeL": [r["rougeL"] for r in agree_rouge]},
                 "teacher_top1_agreement": agree / max(tokens, 1),
                 "nll_per_token": sum(m["tf"]["nll"]) / max(tokens, 1),
                 "outputs": m["outputs"],
