@@ -9,8 +9,7 @@ import time
 import pytest
 import torch
 
-from safetensors.torch import load_file
-
+from jsd_loss.checkpointing import load_state_dict
 from tests.conftest import REPO, TINY, metrics, tiny_config, tune_run
 
 
@@ -83,10 +82,6 @@ def test_one_rank_failing_at_start_stops_all_and_keeps_the_earlier_run(tmp_path,
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != "logs") == ["final"]
 
 
-def final_weights(out):
-    return {k: v for f in sorted((out / "final").glob("*.safetensors")) for k, v in load_file(f).items()}
-
-
 FUSED = {"kd_loss": {"_component_": "jsd_loss.FusedLinearJSDistillLoss", "beta": 0.5, "chunk_size": 16,
                      "return_ce": True}}
 LORA = {"model": {"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
@@ -109,9 +104,9 @@ def test_two_ranks_match_single_device(tmp_path, tiny_dirs, student):
         for key in ("loss", "class_loss", "kd_loss", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (a["step"], key)
     assert got[-1]["loss"] < got[0]["loss"]
-    ref_w, got_w = final_weights(single / "out"), final_weights(dist / "out")
+    ref_w, got_w = load_state_dict(single / "out" / "final"), load_state_dict(dist / "out" / "final")
     assert sorted(got_w) == sorted(ref_w) and not any("lora" in k for k in got_w)
-    start = {k: v for f in tiny_dirs[1].glob("*.safetensors") for k, v in load_file(f).items()}
+    start = load_state_dict(tiny_dirs[1])
     moved = [k for k in ref_w if k in start and not torch.equal(ref_w[k], start[k])]
     assert any("q_proj" in k for k in moved) and (student != "lora" or not any("k_proj" in k for k in moved))
     for k in ref_w:
