@@ -1,3 +1,4 @@
+from jsd_loss.metrics._nll import response_nll
 from jsd_loss.metrics._stats import paired_bootstrap
 from jsd_loss.metrics._text import exact_match, normalize_answer, rouge, token_f1
 from jsd_loss.metrics._training import (
@@ -16,6 +17,7 @@ __all__ = [
     "normalize_answer",
     "paired_bootstrap",
     "relative_difference",
+    "response_nll",
     "rouge",
     "tail_variance",
     "token_f1",

@@ -5,7 +5,13 @@ from jsd_loss.models.smollm2._convert_weights import (
     smollm2_hf_to_tune,
     smollm2_tune_to_hf,
 )
-from jsd_loss.models.smollm2._hf import smollm2_from_hf
+from jsd_loss.models.smollm2._hf import (
+    hf_config_to_smollm2_args,
+    lora_smollm2_from_hf_config,
+    smollm2_from_hf,
+    smollm2_from_hf_config,
+    smollm2_from_hf_state,
+)
 from jsd_loss.models.smollm2._model_builders import (
     SMOLLM2_90M_NUM_LAYERS,
     lora_smollm2_135m,
@@ -23,12 +29,14 @@ from jsd_loss.models.smollm2._tokenizer import SmolLM2Tokenizer
 __all__ = [
     "SMOLLM2_90M_NUM_LAYERS",
     "SmolLM2Tokenizer",
+    "hf_config_to_smollm2_args",
     "interleaved_to_rotate_half",
     "lora_smollm2",
     "lora_smollm2_135m",
     "lora_smollm2_1_7b",
     "lora_smollm2_360m",
     "lora_smollm2_90m",
+    "lora_smollm2_from_hf_config",
     "rotate_half_to_interleaved",
     "smollm2",
     "smollm2_135m",
@@ -38,5 +46,7 @@ __all__ = [
     "smollm2_hf_to_tune",
     "smollm2_tune_to_hf",
     "smollm2_from_hf",
+    "smollm2_from_hf_config",
+    "smollm2_from_hf_state",
     "smollm2_tokenizer",
 ]

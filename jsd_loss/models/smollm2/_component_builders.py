@@ -9,7 +9,7 @@ layout; checkpoints in HF's rotate-half layout are permuted by the converters in
 ``_convert_weights.py``.
 """
 
-from typing import List
+from typing import List, Optional
 
 from torch import nn
 from torchtune.models.llama3._component_builders import llama3_mlp, lora_llama3_mlp
@@ -22,7 +22,8 @@ from torchtune.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
-from torchtune.modules.peft import LORA_ATTN_MODULES
+from torchtune.modules.low_precision import FrozenNF4Linear
+from torchtune.modules.peft import LORA_ATTN_MODULES, DoRALinear, LoRALinear
 
 
 def _decoder(
@@ -30,6 +31,7 @@ def _decoder(
     vocab_size: int,
     embed_dim: int,
     num_heads: int,
+    head_dim: int,
     max_seq_len: int,
     norm_eps: float,
 ) -> TransformerDecoder:
@@ -39,7 +41,7 @@ def _decoder(
         layers=layers,
         max_seq_len=max_seq_len,
         num_heads=num_heads,
-        head_dim=embed_dim // num_heads,
+        head_dim=head_dim,
         norm=RMSNorm(embed_dim, eps=norm_eps),
         output=TiedLinear(tok_embeddings),
     )
@@ -56,6 +58,7 @@ def smollm2(
     attn_dropout: float = 0.0,
     norm_eps: float = 1e-5,
     rope_base: float = 100_000,
+    head_dim: Optional[int] = None,
 ) -> TransformerDecoder:
     """
     Build a SmolLM2 decoder: token embeddings, ``num_layers`` self-attention blocks,
@@ -72,11 +75,14 @@ def smollm2(
         attn_dropout (float): attention dropout. Default: 0.0
         norm_eps (float): RMSNorm epsilon. Default: 1e-5
         rope_base (float): rotary base (``rope_theta``). Default: 100_000
+        head_dim (Optional[int]): width of each attention head; ``None`` means
+            ``embed_dim // num_heads``. A student pruned in its hidden channels or heads
+            keeps the teacher's head width, so it differs there. Default: None
 
     Returns:
         TransformerDecoder: the SmolLM2 model.
     """
-    head_dim = embed_dim // num_heads
+    head_dim = head_dim or embed_dim // num_heads
     rope = RotaryPositionalEmbeddings(dim=head_dim, max_seq_len=max_seq_len, base=rope_base)
     layers = nn.ModuleList()
     for _ in range(num_layers):
@@ -88,7 +94,7 @@ def smollm2(
             q_proj=nn.Linear(embed_dim, num_heads * head_dim, bias=False),
             k_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
             v_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
-            output_proj=nn.Linear(embed_dim, embed_dim, bias=False),
+            output_proj=nn.Linear(num_heads * head_dim, embed_dim, bias=False),
             pos_embeddings=rope,
             max_seq_len=max_seq_len,
             attn_dropout=attn_dropout,
@@ -101,7 +107,20 @@ def smollm2(
                 mlp_norm=RMSNorm(dim=embed_dim, eps=norm_eps),
             )
         )
-    return _decoder(layers, vocab_size, embed_dim, num_heads, max_seq_len, norm_eps)
+    return _decoder(layers, vocab_size, embed_dim, num_heads, head_dim, max_seq_len, norm_eps)
+
+
+def _projection(in_dim: int, out_dim: int, with_lora: bool, lora_args: dict) -> nn.Module:
+    """A bias-free projection, a LoRA/DoRA one when ``with_lora``, NF4 when quantized."""
+    if with_lora:
+        adapter_cls = DoRALinear if lora_args["use_dora"] else LoRALinear
+        return adapter_cls(
+            in_dim, out_dim, rank=lora_args["lora_rank"], alpha=lora_args["lora_alpha"],
+            dropout=lora_args["lora_dropout"], quantize_base=lora_args["quantize_base"],
+        )
+    if lora_args["quantize_base"]:
+        return FrozenNF4Linear(in_dim, out_dim, bias=False)
+    return nn.Linear(in_dim, out_dim, bias=False)
 
 
 def lora_smollm2(
@@ -119,6 +138,7 @@ def lora_smollm2(
     attn_dropout: float = 0.0,
     norm_eps: float = 1e-5,
     rope_base: float = 100_000,
+    head_dim: Optional[int] = None,
     lora_rank: int,
     lora_alpha: float,
     lora_dropout: float = 0.0,
@@ -145,6 +165,7 @@ def lora_smollm2(
         attn_dropout (float): see :func:`smollm2`.
         norm_eps (float): see :func:`smollm2`.
         rope_base (float): see :func:`smollm2`.
+        head_dim (Optional[int]): see :func:`smollm2`.
         lora_rank (int): rank of each low-rank update.
         lora_alpha (float): LoRA scaling numerator.
         lora_dropout (float): LoRA dropout. Default: 0.0
@@ -162,7 +183,7 @@ def lora_smollm2(
             "apply_lora_to_output is not supported for SmolLM2: its output projection is "
             "tied to the token embeddings"
         )
-    head_dim = embed_dim // num_heads
+    head_dim = head_dim or embed_dim // num_heads
     rope = RotaryPositionalEmbeddings(dim=head_dim, max_seq_len=max_seq_len, base=rope_base)
     lora_args = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                      use_dora=use_dora, quantize_base=quantize_base)
@@ -179,6 +200,11 @@ def lora_smollm2(
             attn_dropout=attn_dropout,
             **lora_args,
         )
+        if num_heads * head_dim != embed_dim:
+            # torchtune's builder assumes num_heads * head_dim == embed_dim for output_proj
+            self_attn.output_proj = _projection(
+                num_heads * head_dim, embed_dim, "output_proj" in lora_attn_modules, lora_args
+            )
         if apply_lora_to_mlp:
             mlp = lora_llama3_mlp(dim=embed_dim, hidden_dim=intermediate_dim, **lora_args)
         else:
@@ -191,7 +217,7 @@ def lora_smollm2(
                 mlp_norm=RMSNorm(dim=embed_dim, eps=norm_eps),
             )
         )
-    model = _decoder(layers, vocab_size, embed_dim, num_heads, max_seq_len, norm_eps)
+    model = _decoder(layers, vocab_size, embed_dim, num_heads, head_dim, max_seq_len, norm_eps)
     if quantize_base:
         from functools import partial
 
