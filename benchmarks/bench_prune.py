@@ -27,7 +27,9 @@ import torch
 
 from _common import REPO, add_json_args, emit_json
 
-# (name, PruningPlan fields); the size target comes from --sizes
+# (name, PruningPlan fields); the size target comes from --sizes. "width-refit" is the
+# default of ``python -m jsd_loss.prepare student``.
+DEFAULT_METHOD = "width-refit"
 METHODS = {
     "width": dict(method="width"),
     "width-refit": dict(method="width", refit_mlp=True),
@@ -69,6 +71,27 @@ def _forward_tokens_per_second(model, batch=4, seq=256, repeats=3) -> float:
     return batch * seq / statistics.median(times)
 
 
+def _save_stats(stats, path: Path) -> None:
+    from dataclasses import fields
+
+    from safetensors.torch import save_file
+
+    tensors = {f.name: getattr(stats, f.name) for f in fields(stats) if isinstance(getattr(stats, f.name), torch.Tensor)}
+    counts = {"num_samples": str(stats.num_samples), "num_tokens": str(stats.num_tokens)}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=counts)
+
+
+def _load_stats(path: Path):
+    from safetensors import safe_open
+
+    from jsd_loss.pruning import ActivationStats
+
+    with safe_open(str(path), "pt") as f:
+        counts = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return ActivationStats(**tensors, num_samples=int(counts["num_samples"]), num_tokens=int(counts["num_tokens"]))
+
+
 def _heal(student_dir: Path, out: Path, seed: int, steps: int) -> float:
     """Quick JSD distillation from ``student_dir``; returns nothing (read the output dir)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -76,7 +99,7 @@ def _heal(student_dir: Path, out: Path, seed: int, steps: int) -> float:
            "--config", "configs/smollm2/135M_to_90M_jsd_quick.yaml", f"student_dir={student_dir}",
            f"output_dir={out}", f"seed={seed}", f"max_steps_per_epoch={steps}", "save_every_n_steps=null",
            "overwrite_output=True", "model._component_=jsd_loss.models.smollm2.smollm2_from_hf_config",
-           f"+model.path={student_dir}"]
+           f"model.path={student_dir}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"heal of {student_dir} failed:\n{proc.stderr[-4000:]}")
@@ -87,10 +110,10 @@ def main() -> None:
     p.add_argument("--teacher-dir", default=str(REPO / "models" / "smollm2-135m-instruct"))
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--sizes", default="88493760,60M", help="parameter targets; the first is the ~90M student")
-    p.add_argument("--small-methods", default="width,depth-bi,even", help="methods run at the other sizes")
+    p.add_argument("--small-methods", default="width-refit,width,depth-bi,even", help="methods run at the other sizes")
     p.add_argument("--calibration-rows", type=int, default=512)
     p.add_argument("--eval-rows", type=int, default=0, help="held-out rows scored (0: all 223)")
-    p.add_argument("--heal", default="width,width-refit,even", help="methods healed with the quick JSD config")
+    p.add_argument("--heal", default="width-refit,width,even", help="methods healed with the quick JSD config")
     p.add_argument("--heal-steps", type=int, default=60)
     p.add_argument("--seeds", default="42,43")
     p.add_argument("--work-dir", default=None, help="keep students and heal runs here (default: a temp dir)")
@@ -112,15 +135,24 @@ def main() -> None:
                                   str(REPO.parent / "shared/data/databricks-dolly-15k/databricks-dolly-15k.jsonl"), probe)
     cache = {}
 
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_prune-"))
+    work.mkdir(parents=True, exist_ok=True)
+    # the teacher's statistics (with the MLP Gram matrices) take the longest: kept on disk, so an
+    # interrupted benchmark resumes without them (same rows and teacher, or they are recomputed)
+    stats_file = work / f"teacher_stats_rows{args.calibration_rows}.safetensors"
+
     def stats_fn(cfg, state, with_gram):
         is_teacher = cfg == config and state["model.layers.0.mlp.down_proj.weight"] is teacher_state[
             "model.layers.0.mlp.down_proj.weight"]
+        if is_teacher and "teacher" not in cache and stats_file.is_file():
+            cache["teacher"] = _load_stats(stats_file)
         if is_teacher and "teacher" in cache:
             return cache["teacher"]
         model = smollm2_from_hf_state(cfg, state, max_seq_len=probe.calibration_max_seq_len)
         stats = collect_activation_stats(model, samples, pad_id=0, with_gram=with_gram or is_teacher)
         if is_teacher:
             cache["teacher"] = stats
+            _save_stats(stats, stats_file)
         return stats
 
     teacher = smollm2_from_hf(str(teacher_dir))
@@ -128,7 +160,6 @@ def main() -> None:
               "calibration_rows": args.calibration_rows, "teacher_parameters": count_parameters(config),
               "teacher_forward_tokens_per_second": _forward_tokens_per_second(teacher), "students": {}}
     del teacher
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_prune-"))
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     for size_index, size in enumerate(sizes):
         names = args.methods.split(",") if size_index == 0 else args.small_methods.split(",")
@@ -156,7 +187,7 @@ def main() -> None:
                     _heal(student_dir, out, seed, args.heal_steps)
                     row["healed_heldout_nll"][seed] = _nll(smollm2_from_hf(str(out / "final")), eval_samples)
                     print(json.dumps({key: row["healed_heldout_nll"]}), file=sys.stderr, flush=True)
-    default_key = f"width@{sizes[0] / 1e6:.1f}M"
+    default_key = f"{DEFAULT_METHOD}@{sizes[0] / 1e6:.1f}M"
     if default_key in report["students"]:
         report["default_student_heldout_nll"] = report["students"][default_key]["heldout_nll"]
     if emit_json(report, args):

@@ -12,7 +12,7 @@ PY=.venv/bin/python
 TUNE=.venv/bin/tune
 $PY -m jsd_loss.prepare teacher --output-dir models/smollm2-135m-instruct
 $PY -m jsd_loss.prepare student --teacher-dir models/smollm2-135m-instruct \
-    --output-dir models/smollm2-90m-student --num-layers 17
+    --output-dir models/smollm2-90m-student
 for loss in jsd kl; do
   out=outputs/135M_to_90M_${loss}_quick
   if [ -d "$out/final" ]; then

@@ -4,8 +4,9 @@
     python -m jsd_loss.prepare student --teacher-dir models/smollm2-135m-instruct \\
         --output-dir models/smollm2-90m-student [--method width --target-params 88.5M ...]
 
-With no method flags the student is the measured best for ~90M (Minitron-style MLP width
-pruning of every layer, calibrated on 512 train rows). --num-layers N alone keeps the old
+With no method flags the student is the measured best for ~90M: Minitron-style MLP width
+pruning of every layer (1536 -> 648 neurons, scored on 512 train rows) with a least-squares
+refit of each down projection on the kept neurons. --num-layers N alone keeps the old
 evenly spaced layers; --layers lists them explicitly.
 """
 
@@ -52,7 +53,7 @@ def student_plan(args):
     # the size target solves the MLP width (width methods) or the depth; given, it is no longer free
     free_given = args.intermediate_size if width else args.num_layers
     target = args.target_params or (None if free_given is not None else DEFAULT_PLAN.target_params)
-    refit = DEFAULT_PLAN.refit_mlp if args.refit_mlp is None else args.refit_mlp
+    refit = width and (DEFAULT_PLAN.refit_mlp if args.refit_mlp is None else args.refit_mlp)
     return PruningPlan(method=method, target_params=target, aggregation=args.aggregation,
                        iterations=args.iterations, refit_mlp=refit, calibration_rows=args.calibration_rows,
                        calibration_max_seq_len=args.calibration_max_seq_len, seed=args.seed, **shape), None
@@ -82,8 +83,8 @@ def main(argv=None) -> int:
                    help="how per-sample scores aggregate over calibration samples")
     s.add_argument("--iterations", type=int, default=DEFAULT_PLAN.iterations,
                    help="width pruning in this many steps, scores re-estimated after each")
-    s.add_argument("--refit-mlp", action="store_true", default=None,
-                   help="least-squares refit of each down projection on its kept neurons")
+    s.add_argument("--refit-mlp", action=argparse.BooleanOptionalAction, default=None,
+                   help="least-squares refit of each down projection on its kept neurons (default: on)")
     s.add_argument("--calibration-rows", type=int, default=DEFAULT_PLAN.calibration_rows)
     s.add_argument("--calibration-max-seq-len", type=int, default=DEFAULT_PLAN.calibration_max_seq_len)
     s.add_argument("--seed", type=int, default=DEFAULT_PLAN.seed, help="calibration row sampling seed")

@@ -33,7 +33,7 @@ SCORES_FILE = "pruning_scores.safetensors"
 # 17 of SmolLM2-135M's 30 layers at full width: the size of the original study's student
 DEFAULT_TARGET_PARAMS = 88_493_760
 # measured best for that size (README, "Student initialisation")
-DEFAULT_PLAN = PruningPlan(method="width", target_params=DEFAULT_TARGET_PARAMS)
+DEFAULT_PLAN = PruningPlan(method="width", target_params=DEFAULT_TARGET_PARAMS, refit_mlp=True)
 default_layer_selection = even_layer_selection  # the old name
 
 

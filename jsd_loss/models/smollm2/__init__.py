@@ -13,7 +13,7 @@ from jsd_loss.models.smollm2._hf import (
     smollm2_from_hf_state,
 )
 from jsd_loss.models.smollm2._model_builders import (
-    SMOLLM2_90M_NUM_LAYERS,
+    SMOLLM2_90M_INTERMEDIATE_DIM,
     lora_smollm2_135m,
     lora_smollm2_1_7b,
     lora_smollm2_360m,
@@ -27,7 +27,7 @@ from jsd_loss.models.smollm2._model_builders import (
 from jsd_loss.models.smollm2._tokenizer import SmolLM2Tokenizer
 
 __all__ = [
-    "SMOLLM2_90M_NUM_LAYERS",
+    "SMOLLM2_90M_INTERMEDIATE_DIM",
     "SmolLM2Tokenizer",
     "hf_config_to_smollm2_args",
     "interleaved_to_rotate_half",

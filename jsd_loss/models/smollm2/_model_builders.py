@@ -22,10 +22,11 @@ _360M = dict(num_layers=32, num_heads=15, num_kv_heads=5, embed_dim=960,
 _1_7B = dict(num_layers=24, num_heads=32, num_kv_heads=32, embed_dim=2048,
              intermediate_dim=8192, rope_base=130_000, **_COMMON)
 
-# 17 of SmolLM2-135M's 30 layers at its full width: 88,493,760 parameters with tied
-# embeddings (18 layers would give 92,033,856; 17 is nearer 90M).
-SMOLLM2_90M_NUM_LAYERS = 17
-_90M = dict(_135M, num_layers=SMOLLM2_90M_NUM_LAYERS)
+# The default ~90M student (``python -m jsd_loss.prepare student`` with no method flags):
+# SmolLM2-135M with every layer kept and its MLP pruned from 1536 to 648 neurons by
+# activation importance, 88,481,088 parameters (the old 17-layer student had 88,493,760).
+SMOLLM2_90M_INTERMEDIATE_DIM = 648
+_90M = dict(_135M, intermediate_dim=SMOLLM2_90M_INTERMEDIATE_DIM)
 
 
 def smollm2_135m() -> TransformerDecoder:
@@ -58,9 +59,10 @@ def smollm2_1_7b() -> TransformerDecoder:
 
 def smollm2_90m() -> TransformerDecoder:
     """
-    The ~90M student of the original study: SmolLM2-135M's configuration with 17 of
-    its 30 layers (88,493,760 parameters, tied embeddings). Initialise it from the
-    teacher with ``python -m jsd_loss.prepare student``.
+    The default ~90M student: SmolLM2-135M's 30 layers with the MLP pruned to 648
+    neurons (88,481,088 parameters, tied embeddings), the shape
+    ``python -m jsd_loss.prepare student`` writes by default. Students of other pruned
+    shapes: :func:`smollm2_from_hf_config`.
     """
     return smollm2(**_90M)
 

@@ -20,9 +20,10 @@ def _params(vocab, dim, layers, heads, kv_heads, ffn):
 def test_parameter_counts_from_the_hf_config_numbers():
     assert sum(p.numel() for p in smollm2_135m().parameters()) == _params(49152, 576, 30, 9, 3, 1536)
     n90 = sum(p.numel() for p in smollm2_90m().parameters())
-    assert n90 == _params(49152, 576, 17, 9, 3, 1536) == 88_493_760
-    # 17 layers is the count nearest 90M
-    assert min(range(1, 31), key=lambda n: abs(_params(49152, 576, n, 9, 3, 1536) - 90e6)) == 17
+    assert n90 == _params(49152, 576, 30, 9, 3, 648) == 88_481_088
+    # the default student's MLP width is the multiple of 8 nearest the old 17-layer size
+    old = _params(49152, 576, 17, 9, 3, 1536)
+    assert min(range(8, 1537, 8), key=lambda f: abs(_params(49152, 576, 30, 9, 3, f) - old)) == 648
 
 
 def test_135m_matches_gguf_metadata(gguf_path):
