@@ -1,6 +1,5 @@
 """`tune run --nproc_per_node 2` with FSDP2 on CPU (gloo) on tiny models."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -10,15 +9,14 @@ import pytest
 import torch
 
 from jsd_loss.checkpointing import load_state_dict
-from tests.conftest import REPO, TINY, metrics, tiny_config, tune_run
+from tests.conftest import DISTRIBUTED, REPO, TINY, clean_env, metrics, tiny_config, tune_run
 
 
 def tune_run_distributed(config, *args, nproc=2, check=True):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", str(nproc),
-         "recipes/jsd_distill_distributed.py", "--config", str(config), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+         DISTRIBUTED, "--config", str(config), *args],
+        cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"distributed run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

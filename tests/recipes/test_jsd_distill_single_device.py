@@ -1,7 +1,6 @@
 """`tune run` end to end on tiny random SmolLM2-architecture models with the real tokenizer."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaForCausalLM
 
-from tests.conftest import DOLLY, QUICK, REPO, TINY, TINY_MODEL, metrics, tiny_config, tune_run, write_tiny_hf_dir
+from tests.conftest import (
+    DOLLY, QUICK, REPO, SINGLE_DEVICE, TINY, TINY_MODEL, clean_env, metrics, tiny_config, tune_run, write_tiny_hf_dir,
+)
 
 def test_loss_falls_when_overfitting_one_batch(tmp_path, tiny_dirs):
     cfg = tiny_config(tmp_path, *tiny_dirs, **{
@@ -59,10 +60,9 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, tiny_dirs):
     run_dir = tmp_path / "killed"
     run_dir.mkdir()
     cfg = tiny_config(run_dir, *tiny_dirs, **overrides)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torchtune._cli.tune", "run", "recipes/jsd_distill_single_device.py",
-         "--config", str(cfg)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "torchtune._cli.tune", "run", SINGLE_DEVICE,
+         "--config", str(cfg)], cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     out = run_dir / "out"
     deadline = time.time() + 300

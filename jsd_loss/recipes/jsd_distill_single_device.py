@@ -1,0 +1,564 @@
+# Forked from torchtune 0.6.1 recipes/knowledge_distillation_single_device.py
+# (Copyright (c) Meta Platforms, Inc. and affiliates; BSD-style license).
+#
+# What the fork changes, and why:
+#   - full-parameter students (the default; a pruned student needs it) as well as LoRA;
+#   - CPU training (the stock recipe refuses it), peak RSS logged on CPU;
+#   - any KD loss from config: torchtune's, ours (JSD, true KL), chunked or not, and
+#     fused-linear losses, which receive hidden states and output weights, not logits;
+#   - input checks before any compute: checkpoint dirs, teacher/student vocab and tokenizer,
+#     dataset rows (the dataset builder validates every row);
+#   - gradients are the token-weighted mean over the whole accumulated step (the stock
+#     recipe backpropagates per-batch means and then divides by the token count again);
+#   - HF-format student checkpoints every ``save_every_n_steps`` and at the end, written
+#     atomically, with optimizer/dataloader/RNG state for an exact mid-epoch resume.
+
+import contextlib
+import json
+import resource
+import shutil
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+from torchtune import config, modules, training, utils
+from torchtune.data import padded_collate_sft
+from torchtune.modules.peft import (
+    get_adapter_params,
+    get_merged_lora_ckpt,
+    set_trainable_params,
+)
+from torchtune.recipe_interfaces import FTRecipeInterface
+from tqdm import tqdm
+
+from jsd_loss.checkpointing import atomic_directory, read_config, write_model_dir
+from jsd_loss.models.smollm2 import smollm2_tune_to_hf
+
+log = utils.get_logger("INFO")
+
+RECIPE_STATE = "recipe_state.pt"
+
+
+class KDRecipeSingleDevice(FTRecipeInterface):
+    """
+    Knowledge distillation on one device (CPU or CUDA), full-parameter or LoRA student,
+    with any KD loss from config (see the header of this file for the changes to
+    torchtune's recipe).
+
+    The per-step objective is ``(1 - kd_ratio) * CE + kd_ratio * KD`` with both terms
+    averaged over all unmasked tokens of the (accumulated) step.
+
+    Args:
+        cfg (DictConfig): OmegaConf object parsed from yaml file
+
+    Raises:
+        ValueError: If ``dtype`` is set to fp16.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self._device = utils.get_device(device=cfg.device)
+        self._dtype = training.get_dtype(cfg.dtype, device=self._device)
+        if self._dtype == torch.float16:
+            raise ValueError("fp16 precision is not supported in this recipe. Please use fp32 or bf16.")
+
+        self._output_dir = Path(cfg.output_dir)
+        self._log_every_n_steps = cfg.get("log_every_n_steps", 1)
+        self._save_every_n_steps = cfg.get("save_every_n_steps", None)
+        self.seed = training.set_seed(seed=cfg.seed, debug_mode=cfg.get("cudnn_deterministic_mode", None))
+        self.epochs_run = 0
+        self.total_epochs = cfg.epochs
+        self.max_steps_per_epoch = cfg.max_steps_per_epoch
+        self.global_step = 0
+        self._resume_from_checkpoint = cfg.get("resume_from_checkpoint", False)
+        self._gradient_accumulation_steps = cfg.gradient_accumulation_steps
+        self._clip_grad_norm = cfg.get("clip_grad_norm", None)
+        self._kd_ratio = cfg.get("kd_ratio", 0.5)
+        # single process; the distributed recipe overrides these
+        self.world_size, self.rank, self._is_rank_zero = 1, 0, True
+        if not 0.0 <= self._kd_ratio <= 1.0:
+            raise ValueError(f"kd_ratio must be in [0, 1], got {self._kd_ratio}")
+
+    # ------------------------------------------------------------------ checks
+
+    def _validate_inputs(self, cfg: DictConfig) -> None:
+        """Cheap checks that must fail before any model is built or data tokenized."""
+        student_dir = Path(cfg.checkpointer.checkpoint_dir)
+        teacher_dir = Path(cfg.teacher_checkpointer.checkpoint_dir)
+        student_cfg = read_config(student_dir)
+        teacher_cfg = read_config(teacher_dir)
+        for who, ckpt in (("student", cfg.checkpointer), ("teacher", cfg.teacher_checkpointer)):
+            for name in ckpt.get("checkpoint_files", []):
+                if not (Path(ckpt.checkpoint_dir) / name).is_file():
+                    raise FileNotFoundError(f"{who} checkpoint file not found: {Path(ckpt.checkpoint_dir) / name}")
+        if student_cfg.get("vocab_size") != teacher_cfg.get("vocab_size"):
+            raise ValueError(
+                f"vocab mismatch: student ({student_dir}) has vocab_size {student_cfg.get('vocab_size')}, "
+                f"teacher ({teacher_dir}) has {teacher_cfg.get('vocab_size')}; distillation compares "
+                "distributions over the same vocabulary"
+            )
+        tok_files = [d / "tokenizer.json" for d in (student_dir, teacher_dir)]
+        if all(f.is_file() for f in tok_files):
+            vocabs = [json.loads(f.read_text())["model"]["vocab"] for f in tok_files]
+            if vocabs[0] != vocabs[1]:
+                raise ValueError(
+                    f"tokenizer mismatch: {tok_files[0]} and {tok_files[1]} map tokens to different ids"
+                )
+        self._student_hf_config = student_cfg
+        self._student_dir = student_dir
+
+        previous = sorted(p.name for p in self._output_dir.glob("*") if p.name == "final" or p.name.startswith("step_"))
+        self._replaced_run = []
+        if previous and not self._resume_from_checkpoint:
+            if not cfg.get("overwrite_output", False):
+                raise FileExistsError(
+                    f"{self._output_dir} already holds a run ({', '.join(previous)}); set "
+                    "resume_from_checkpoint=True to continue it, overwrite_output=True to replace it, "
+                    "or choose another output_dir"
+                )
+            self._replaced_run = previous  # removed once setup has succeeded
+
+    def _start_output(self, cfg: DictConfig) -> None:
+        """The point of no return, reached only when setup has succeeded: the run being
+        replaced is removed, the config logged and a fresh metrics log started (a resumed run
+        keeps its records up to the checkpoint)."""
+        if self._is_rank_zero:
+            for name in self._replaced_run:
+                shutil.rmtree(self._output_dir / name)
+            self._metric_logger.log_config(cfg)
+        self._metric_logger_truncate(self.global_step)
+        self._barrier()
+
+    def _validate_models(self) -> None:
+        s_vocab = self._model.tok_embeddings.num_embeddings
+        t_vocab = self._teacher_model.tok_embeddings.num_embeddings
+        if s_vocab != t_vocab:
+            raise ValueError(f"vocab mismatch: student model has {s_vocab} tokens, teacher model {t_vocab}")
+        tok_vocab = getattr(self._tokenizer, "vocab_size", None)
+        if tok_vocab is not None and tok_vocab > s_vocab:
+            raise ValueError(f"the tokenizer has {tok_vocab} tokens but the models only {s_vocab}")
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, cfg: DictConfig) -> None:
+        """Cheap checks, tokenizer, losses and data (every row validated) come before the
+        models are loaded, so bad input fails in seconds."""
+        self._validate_inputs(cfg)
+        self._metric_logger = config.instantiate(cfg.metric_logger)
+        self._tokenizer = config.instantiate(cfg.tokenizer)
+
+        self._loss_fn = config.instantiate(cfg.loss)
+        self._kd_loss_fn = config.instantiate(cfg.kd_loss)
+        self._fused_kd = hasattr(self._kd_loss_fn, "chunk_size")  # fused-linear losses
+        self._kd_returns_ce = self._fused_kd and getattr(self._kd_loss_fn, "return_ce", False)
+        self._num_output_chunks = getattr(self._loss_fn, "num_output_chunks", 0)
+        if not self._fused_kd and self._num_output_chunks:
+            kd_chunks = getattr(self._kd_loss_fn, "num_output_chunks", None)
+            if kd_chunks != self._num_output_chunks:
+                raise ValueError(
+                    f"loss has num_output_chunks={self._num_output_chunks} but kd_loss has {kd_chunks}: "
+                    "a chunked CE needs a chunked KD loss with the same number of chunks"
+                )
+        log.info("Loss is initialized.")
+
+        resume_state = self._latest_checkpoint() if self._resume_from_checkpoint else None
+        mid_epoch = resume_state is not None and resume_state["state"]["steps_done_this_epoch"] > 0
+        self._dataloader = self._setup_data(
+            cfg_dataset=cfg.dataset,
+            batch_size=cfg.batch_size,
+            shuffle=cfg.shuffle,
+            dataloader_state_dict=resume_state["state"][training.DATALOADER_KEY] if mid_epoch else None,
+        )
+        self._steps_per_epoch = len(self._dataloader) // self._gradient_accumulation_steps
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < self._steps_per_epoch:
+            self._steps_per_epoch = self.max_steps_per_epoch
+        if self._steps_per_epoch < 1:
+            raise ValueError(
+                f"the dataset gives {len(self._dataloader)} batches of {cfg.batch_size}, fewer than "
+                f"gradient_accumulation_steps={self._gradient_accumulation_steps}: no optimizer step"
+            )
+
+        checkpoint_dict = self._load_student_checkpoint(cfg.checkpointer, resume_state)
+        teacher_checkpoint_dict = config.instantiate(cfg.teacher_checkpointer).load_checkpoint()
+        self._model = self._setup_model(
+            cfg_model=cfg.model,
+            enable_activation_checkpointing=cfg.get("enable_activation_checkpointing", False),
+            model_state_dict=checkpoint_dict[training.MODEL_KEY],
+        )
+        self._teacher_model = self._setup_teacher_model(
+            model_cfg=cfg.teacher_model,
+            model_state_dict=teacher_checkpoint_dict[training.MODEL_KEY],
+        )
+        self._validate_models()
+        if not self._fused_kd and self._num_output_chunks:
+            self._model.set_num_output_chunks(self._num_output_chunks)
+            self._teacher_model.set_num_output_chunks(self._num_output_chunks)
+
+        self._optimizer = config.instantiate(
+            cfg.optimizer, [p for p in self._model.parameters() if p.requires_grad]
+        )
+        if resume_state is not None:
+            self._load_optimizer_state_dict(resume_state["state"][training.OPT_KEY])
+        self._lr_scheduler = config.instantiate(
+            cfg.lr_scheduler,
+            self._optimizer,
+            num_training_steps=self.total_epochs * self._steps_per_epoch,
+            last_epoch=self.global_step - 1,
+        )
+        if resume_state is not None:
+            torch.set_rng_state(resume_state["state"]["rng_state"])
+
+        self.ignore_labels_cache = torch.full(
+            (cfg.batch_size, 1), self._loss_fn.ignore_index, device=self._device
+        )
+        self._start_output(cfg)
+
+    def _latest_checkpoint(self) -> Optional[Dict[str, Any]]:
+        steps = sorted(
+            (int(p.name.split("_")[1]), p)
+            for p in self._output_dir.glob("step_*")
+            if p.name.split("_")[1].isdigit() and (p / RECIPE_STATE).is_file()
+        )
+        if not steps:
+            raise FileNotFoundError(
+                f"resume_from_checkpoint=True but {self._output_dir} has no step_N checkpoint with {RECIPE_STATE}"
+            )
+        step, path = steps[-1]
+        state = torch.load(path / RECIPE_STATE, weights_only=False)
+        if state[training.SEED_KEY] != self.seed:
+            raise ValueError(f"checkpoint {path} was trained with seed {state[training.SEED_KEY]}, config has {self.seed}")
+        self.global_step = state["global_step"]
+        self.epochs_run = state[training.EPOCHS_KEY]
+        log.info(f"Resuming from {path} (step {self.global_step}).")
+        return {"dir": path, "state": state}
+
+    def _load_student_checkpoint(self, cfg_checkpointer: DictConfig, resume_state) -> Dict[str, Any]:
+        if resume_state is not None:
+            cfg_checkpointer = DictConfig({**cfg_checkpointer, "checkpoint_dir": str(resume_state["dir"])})
+        return config.instantiate(cfg_checkpointer).load_checkpoint()
+
+    def _metric_logger_truncate(self, step: int) -> None:
+        if self._is_rank_zero and hasattr(self._metric_logger, "truncate_after"):
+            self._metric_logger.truncate_after(step)
+
+    def _setup_model(
+        self,
+        cfg_model: DictConfig,
+        enable_activation_checkpointing: bool,
+        model_state_dict: Dict[str, Any],
+    ) -> nn.Module:
+        with training.set_default_dtype(self._dtype), self._device:
+            model = config.instantiate(cfg_model)
+
+        self.adapter_params = get_adapter_params(model)
+        self._is_lora = bool(self.adapter_params)
+        if self._is_lora:
+            self._lora_rank = cfg_model.lora_rank
+            self._lora_alpha = cfg_model.lora_alpha
+            set_trainable_params(model, self.adapter_params)
+            self._init_adapters(model)
+
+        if enable_activation_checkpointing:
+            training.set_activation_checkpointing(
+                model, auto_wrap_policy={modules.TransformerSelfAttentionLayer}
+            )
+
+        missing, unexpected = model.load_state_dict(model_state_dict, strict=False)
+        missing = [k for k in missing if k not in self.adapter_params]
+        if missing or unexpected:
+            raise ValueError(
+                f"student checkpoint does not fit the model config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        training.validate_expected_param_dtype(model.named_parameters(), dtype=self._dtype)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info(
+            f"Student model ({'LoRA' if self._is_lora else 'full-parameter'}, {n_train:,} trainable "
+            f"parameters) is initialized with precision {self._dtype}."
+        )
+        return model
+
+    def _init_adapters(self, model: nn.Module) -> None:
+        """Draw the LoRA adapters from the run's seed alone, so they are the same however the
+        frozen base was built (on the device here, on meta in the distributed recipe) and on
+        every rank; the caller's random stream is left as it was."""
+        devices = [self._device] if self._device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), training.set_default_dtype(self._dtype):
+            torch.manual_seed(self.seed)
+            for m in model.modules():
+                if hasattr(m, "adapter_params") and hasattr(m, "initialize_parameters"):  # LoRALinear
+                    if any(p.is_meta for p in m.parameters()):
+                        m.to_empty(device=self._device)
+                    m.initialize_parameters()
+
+    def _setup_teacher_model(self, model_cfg: DictConfig, model_state_dict: Dict[str, Any]) -> nn.Module:
+        with training.set_default_dtype(self._dtype), self._device:
+            model = config.instantiate(model_cfg)
+        model.load_state_dict(model_state_dict)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        training.validate_expected_param_dtype(model.named_parameters(), dtype=self._dtype)
+        log.info(f"Teacher model is initialized with precision {self._dtype}.")
+        return model
+
+    def _setup_data(
+        self,
+        cfg_dataset: DictConfig,
+        shuffle: bool,
+        batch_size: int,
+        dataloader_state_dict: Optional[Dict[str, Any]] = None,
+    ) -> StatefulDataLoader:
+        ds = config.instantiate(cfg_dataset, self._tokenizer)
+        sampler = StatefulDistributedSampler(
+            ds, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=self.seed
+        )
+        dataloader = StatefulDataLoader(
+            dataset=ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=partial(
+                padded_collate_sft,
+                padding_idx=self._tokenizer.pad_id,
+                ignore_idx=self._loss_fn.ignore_index,
+            ),
+            drop_last=True,
+        )
+        if dataloader_state_dict is not None:
+            dataloader.load_state_dict(dataloader_state_dict)
+        return dataloader
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _hf_state_dict(self) -> Dict[str, torch.Tensor]:
+        state_dict = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
+        if self._is_lora:
+            state_dict = get_merged_lora_ckpt(state_dict, rank=self._lora_rank, alpha=self._lora_alpha)
+        cfg = self._student_hf_config
+        return smollm2_tune_to_hf(state_dict, cfg["num_attention_heads"], cfg["num_key_value_heads"])
+
+    def _optimizer_state_dict(self) -> Dict[str, Any]:
+        return self._optimizer.state_dict()
+
+    def _load_optimizer_state_dict(self, state: Dict[str, Any]) -> None:
+        self._optimizer.load_state_dict(state)
+
+    def _barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in one process)."""
+
+    def save_checkpoint(self, name: str, with_recipe_state: bool) -> Path:
+        """Write ``output_dir/<name>`` as a standard HF model directory, atomically."""
+        target = self._output_dir / name
+        hf_state = self._hf_state_dict()
+        opt_state = self._optimizer_state_dict() if with_recipe_state else None
+        if self._is_rank_zero:
+            with atomic_directory(target, overwrite=True) as tmp:
+                write_model_dir(tmp, hf_state, self._student_hf_config, copy_from=self._student_dir)
+                if with_recipe_state:
+                    torch.save(
+                        {
+                            training.OPT_KEY: opt_state,
+                            training.DATALOADER_KEY: self._dataloader.state_dict(),
+                            training.SEED_KEY: self.seed,
+                            training.EPOCHS_KEY: self.epochs_run,
+                            "global_step": self.global_step,
+                            "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
+                            "rng_state": torch.get_rng_state(),
+                            "world_size": self.world_size,
+                        },
+                        tmp / RECIPE_STATE,
+                    )
+            log.info(f"Saved {'checkpoint' if with_recipe_state else 'model'} to {target}")
+        self._barrier()
+        return target
+
+    # ------------------------------------------------------------------ training
+
+    @contextlib.contextmanager
+    def _hidden_state_output(self, model: nn.Module):
+        """Make ``model`` return final (normed) hidden states instead of logits."""
+        output, chunks = model.output, model.num_output_chunks
+        # an nn.Linear output is a registered child module; TiedLinear is a plain attribute
+        model.output = nn.Identity() if isinstance(output, nn.Module) else (lambda h: h)
+        model.num_output_chunks = 0
+        try:
+            yield
+        finally:
+            model.output, model.num_output_chunks = output, chunks
+
+    @staticmethod
+    def _output_weight(model: nn.Module) -> torch.Tensor:
+        out = model.output
+        return out.tied_module.weight if isinstance(out, modules.TiedLinear) else out.weight
+
+    def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        tokens, labels = batch["tokens"], batch["labels"]
+        mask = batch.get("mask", None)
+        input_pos = batch.get("input_pos", None)
+        # Shift labels: position t predicts token t + 1
+        labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
+
+        if self._fused_kd:
+            with self._hidden_state_output(self._model):
+                hidden = self._model(tokens, mask=mask, input_pos=input_pos).to(self._dtype)
+            with torch.no_grad(), self._hidden_state_output(self._teacher_model):
+                teacher_hidden = self._teacher_model(tokens, mask=mask, input_pos=input_pos).to(self._dtype)
+            out = self._kd_loss_fn(
+                hidden, self._output_weight(self._model),
+                teacher_hidden, self._output_weight(self._teacher_model), labels,
+            )
+            if self._kd_returns_ce:
+                kd_loss, class_loss = out
+            else:
+                kd_loss = out
+                logits = self._model.output(hidden).float()
+                if self._num_output_chunks:
+                    logits = list(logits.chunk(self._num_output_chunks, dim=1))
+                else:
+                    logits, labels = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
+                class_loss = self._loss_fn(logits, labels)
+            return class_loss, kd_loss
+
+        logits = self._model(tokens, mask=mask, input_pos=input_pos)
+        with torch.no_grad():
+            teacher_logits = self._teacher_model(tokens, mask=mask, input_pos=input_pos)
+        if not isinstance(logits, list):
+            labels = labels.reshape(-1)
+            logits = logits.reshape(-1, logits.size(-1))
+            teacher_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))
+        kd_loss = self._kd_loss_fn(logits, teacher_logits, labels)
+        class_loss = self._loss_fn(logits, labels)
+        del logits, teacher_logits
+        return class_loss, kd_loss
+
+    # the number the summed per-token loss gradients are multiplied by before dividing by
+    # the step's token count; FSDP2 averages gradients over ranks, so the distributed
+    # recipe sets it to the world size
+    _grad_scale_numerator = 1.0
+
+    def _reduce_step_stats(self, num_tokens, class_loss_sum, kd_loss_sum):
+        """Token count and summed losses of the whole step (all ranks in the distributed recipe)."""
+        return num_tokens, class_loss_sum, kd_loss_sum
+
+    def _reset_peak_memory(self) -> None:
+        """Start the peak-memory window at training, after checkpoint loading's own peak."""
+        if self._device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self._device)
+            return
+        try:  # Linux: writing 5 resets the process's RSS high-water mark (VmHWM)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def _peak_memory_gib(self) -> float:
+        if self._device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self._device) / 2**30
+        try:
+            status = Path("/proc/self/status").read_text()
+            return int(status.split("VmHWM:")[1].split()[0]) / 2**20  # kB -> GiB
+        except (OSError, IndexError, ValueError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+    def train(self) -> None:
+        self._reset_peak_memory()
+        t0 = time.perf_counter()
+        running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
+        self._model.train()
+        steps_done_this_epoch = self.global_step - self.epochs_run * self._steps_per_epoch
+        for curr_epoch in range(self.epochs_run, self.total_epochs):
+            pbar = tqdm(total=self._steps_per_epoch, initial=steps_done_this_epoch,
+                        disable=None if self._is_rank_zero else True)
+            self._dataloader.sampler.set_epoch(curr_epoch)
+            for idx, batch in enumerate(self._dataloader, start=steps_done_this_epoch * self._gradient_accumulation_steps):
+                batch = {k: v.to(self._device) for k, v in batch.items()}
+                current_num_tokens = (batch["labels"][..., 1:] != self._loss_fn.ignore_index).sum()
+                class_loss, kd_loss = self._loss_step(batch)
+                # token-weighted: the step's gradient is the mean over all its tokens
+                current_loss = (1 - self._kd_ratio) * class_loss + self._kd_ratio * kd_loss
+                (current_loss * current_num_tokens).backward()
+                running_class_loss += class_loss.detach() * current_num_tokens
+                running_kd_loss += kd_loss.detach() * current_num_tokens
+                num_tokens += current_num_tokens
+
+                if (idx + 1) % self._gradient_accumulation_steps == 0:
+                    num_tokens, running_class_loss, running_kd_loss = self._reduce_step_stats(
+                        num_tokens, running_class_loss, running_kd_loss
+                    )
+                    denom = max(int(num_tokens), 1)
+                    training.scale_grads(self._model, torch.tensor(self._grad_scale_numerator / denom))
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        [p for p in self._model.parameters() if p.requires_grad],
+                        max_norm=float(self._clip_grad_norm) if self._clip_grad_norm is not None else float("inf"),
+                    )
+                    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                        grad_norm = grad_norm.full_tensor()
+                    self._optimizer.step()
+                    self._optimizer.zero_grad(set_to_none=True)
+                    self._lr_scheduler.step()
+                    self.global_step += 1
+
+                    class_loss_to_log = float(running_class_loss) / denom
+                    kd_loss_to_log = float(running_kd_loss) / denom
+                    loss_to_log = (1 - self._kd_ratio) * class_loss_to_log + self._kd_ratio * kd_loss_to_log
+                    if self._is_rank_zero:
+                        pbar.update(1)
+                        pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log:.4f}")
+                    if not (torch.isfinite(torch.tensor(loss_to_log))):
+                        raise RuntimeError(f"non-finite loss {loss_to_log} at step {self.global_step}")
+
+                    if self._is_rank_zero and self.global_step % self._log_every_n_steps == 0:
+                        time_per_step = time.perf_counter() - t0
+                        self._metric_logger.log_dict(
+                            {
+                                "loss": loss_to_log,
+                                "class_loss": class_loss_to_log,
+                                "kd_loss": kd_loss_to_log,
+                                "lr": self._optimizer.param_groups[0]["lr"],
+                                "grad_norm": grad_norm,
+                                "tokens_per_second": int(num_tokens) / time_per_step,
+                                "peak_memory_gib": self._peak_memory_gib(),
+                                "epoch": curr_epoch,
+                            },
+                            step=self.global_step,
+                        )
+                    running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
+                    t0 = time.perf_counter()
+
+                    last_step = (idx + 1) // self._gradient_accumulation_steps == self._steps_per_epoch
+                    if last_step:
+                        self.epochs_run += 1
+                    if self._save_every_n_steps and self.global_step % self._save_every_n_steps == 0:
+                        self.save_checkpoint(f"step_{self.global_step}", with_recipe_state=True)
+                    if last_step:
+                        break
+            pbar.close()
+            steps_done_this_epoch = 0
+        self.save_checkpoint("final", with_recipe_state=False)
+
+    def cleanup(self) -> None:
+        self._metric_logger.close()
+
+
+@config.parse
+def recipe_main(cfg: DictConfig) -> None:
+    """
+    Entry point for the recipe.
+
+    Configurable parameters are read in the following order:
+        - Parameters specified in config (see available configs through ``tune ls``)
+        - Overwritten by arguments from the command-line
+    """
+    config.log_config(recipe_name="KDRecipeSingleDevice", cfg=cfg)
+    recipe = KDRecipeSingleDevice(cfg=cfg)
+    recipe.setup(cfg=cfg)
+    recipe.train()
+    recipe.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(recipe_main())
