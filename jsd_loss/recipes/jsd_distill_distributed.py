@@ -22,19 +22,17 @@
 
 import sys
 from functools import partial
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.distributed import destroy_process_group, init_process_group
 from torch.distributed.tensor import DTensor
-from torchtune import config, modules, training, utils
-from torchtune.modules.peft import get_adapter_params, set_trainable_params
+from torchtune import config, training, utils
 
 from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
-
-log = utils.get_logger("INFO")
+from jsd_loss.training import output_weight
 
 
 class KDRecipeDistributed(KDRecipeSingleDevice):
@@ -52,7 +50,10 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         self._reshard_after_forward = cfg.get("fsdp_reshard_after_forward", True)
         self._cpu_offload = cfg.get("fsdp_cpu_offload", False)
 
-    def _shard_and_load(self, model: nn.Module, state_dict: Dict[str, Any], strict: bool):
+    _build_on_meta = True
+
+    def _load_weights(self, model: nn.Module, state_dict: Dict[str, Any], strict: bool) -> Tuple[List[str], List[str]]:
+        """Shard ``model`` (built on meta) with FSDP2 and load the full state dict into the shards."""
         training.shard_model(
             model=model,
             shard_conditions=[partial(training.get_shard_conditions, names_to_match=None)],
@@ -71,45 +72,12 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
             model, state_dict, self._device, strict=strict, cpu_offload=self._cpu_offload
         )
 
-    def _setup_model(
-        self, cfg_model: DictConfig, enable_activation_checkpointing: bool, model_state_dict: Dict[str, Any]
-    ) -> nn.Module:
-        with training.set_default_dtype(self._dtype), torch.device("meta"):
-            model = config.instantiate(cfg_model)
-        self.adapter_params = get_adapter_params(model)
-        self._is_lora = bool(self.adapter_params)
-        if self._is_lora:
-            self._lora_rank, self._lora_alpha = cfg_model.lora_rank, cfg_model.lora_alpha
-            set_trainable_params(model, self.adapter_params)
-        if enable_activation_checkpointing:
-            training.set_activation_checkpointing(model, auto_wrap_policy={modules.TransformerSelfAttentionLayer})
-        if self._is_lora:
-            self._init_adapters(model)
-        missing, unexpected = self._shard_and_load(model, model_state_dict, strict=False)
-        missing = [k for k in missing if k not in self.adapter_params]
-        if missing or unexpected:
-            raise ValueError(
-                f"student checkpoint does not fit the model config: missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
+    def _check_model(self, model: nn.Module) -> None:
         training.validate_no_params_on_meta_device(model)
-        utils.log_rank_zero(log, f"Student model sharded over {self.world_size} ranks.")
-        self._barrier()
-        return model
-
-    def _setup_teacher_model(self, model_cfg: DictConfig, model_state_dict: Dict[str, Any]) -> nn.Module:
-        with training.set_default_dtype(self._dtype), torch.device("meta"):
-            model = config.instantiate(model_cfg)
-        self._shard_and_load(model, model_state_dict, strict=True)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        training.validate_no_params_on_meta_device(model)
-        self._barrier()
-        return model
 
     @staticmethod
     def _output_weight(model: nn.Module) -> torch.Tensor:
-        weight = KDRecipeSingleDevice._output_weight(model)
+        weight = output_weight(model)
         if isinstance(weight, DTensor):
             raise RuntimeError(
                 "the output weight is still sharded after the forward; the fused-linear KD loss "
@@ -123,18 +91,8 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         torch.distributed.all_reduce(stats)
         return stats[0], stats[1], stats[2]
 
-    def _hf_state_dict(self) -> Dict[str, torch.Tensor]:
-        from torchtune.modules.peft import get_merged_lora_ckpt
-
-        from jsd_loss.models.smollm2 import smollm2_tune_to_hf
-
-        state_dict = training.gather_cpu_state_dict(self._model, self._is_rank_zero, device=self._device)
-        if not self._is_rank_zero:
-            return {}
-        if self._is_lora:
-            state_dict = get_merged_lora_ckpt(state_dict, rank=self._lora_rank, alpha=self._lora_alpha)
-        cfg = self._student_hf_config
-        return smollm2_tune_to_hf(state_dict, cfg["num_attention_heads"], cfg["num_key_value_heads"])
+    def _full_state_dict(self) -> Dict[str, torch.Tensor]:
+        return training.gather_cpu_state_dict(self._model, self._is_rank_zero, device=self._device)
 
     def _optimizer_state_dict(self) -> Dict[str, Any]:
         return training.get_full_optimizer_state_dict(

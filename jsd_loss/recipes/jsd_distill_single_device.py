@@ -13,37 +13,41 @@
 #   - HF-format student checkpoints every ``save_every_n_steps`` and at the end, written
 #     atomically, with optimizer/dataloader/RNG state for an exact mid-epoch resume.
 
-import contextlib
-import json
-import resource
 import shutil
 import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
-from torchtune import config, modules, training, utils
+from torchtune import config, training, utils
 from torchtune.data import padded_collate_sft
-from torchtune.modules.peft import (
-    get_adapter_params,
-    get_merged_lora_ckpt,
-    set_trainable_params,
-)
 from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
-from jsd_loss.checkpointing import atomic_directory, read_config, write_model_dir
 from jsd_loss.models.smollm2 import smollm2_tune_to_hf
+from jsd_loss.training import (
+    check_checkpoints,
+    check_models_agree,
+    hidden_state_output,
+    latest_checkpoint,
+    merged_hf_state_dict,
+    num_trainable,
+    output_weight,
+    peak_memory_gib,
+    refuse_earlier_run,
+    reset_peak_memory,
+    setup_student,
+    setup_teacher,
+    write_checkpoint,
+)
 
 log = utils.get_logger("INFO")
-
-RECIPE_STATE = "recipe_state.pt"
 
 
 class KDRecipeSingleDevice(FTRecipeInterface):
@@ -89,40 +93,15 @@ class KDRecipeSingleDevice(FTRecipeInterface):
 
     def _validate_inputs(self, cfg: DictConfig) -> None:
         """Cheap checks that must fail before any model is built or data tokenized."""
-        student_dir = Path(cfg.checkpointer.checkpoint_dir)
-        teacher_dir = Path(cfg.teacher_checkpointer.checkpoint_dir)
-        student_cfg = read_config(student_dir)
-        teacher_cfg = read_config(teacher_dir)
-        for who, ckpt in (("student", cfg.checkpointer), ("teacher", cfg.teacher_checkpointer)):
-            for name in ckpt.get("checkpoint_files", []):
-                if not (Path(ckpt.checkpoint_dir) / name).is_file():
-                    raise FileNotFoundError(f"{who} checkpoint file not found: {Path(ckpt.checkpoint_dir) / name}")
-        if student_cfg.get("vocab_size") != teacher_cfg.get("vocab_size"):
-            raise ValueError(
-                f"vocab mismatch: student ({student_dir}) has vocab_size {student_cfg.get('vocab_size')}, "
-                f"teacher ({teacher_dir}) has {teacher_cfg.get('vocab_size')}; distillation compares "
-                "distributions over the same vocabulary"
-            )
-        tok_files = [d / "tokenizer.json" for d in (student_dir, teacher_dir)]
-        if all(f.is_file() for f in tok_files):
-            vocabs = [json.loads(f.read_text())["model"]["vocab"] for f in tok_files]
-            if vocabs[0] != vocabs[1]:
-                raise ValueError(
-                    f"tokenizer mismatch: {tok_files[0]} and {tok_files[1]} map tokens to different ids"
-                )
-        self._student_hf_config = student_cfg
-        self._student_dir = student_dir
-
-        previous = sorted(p.name for p in self._output_dir.glob("*") if p.name == "final" or p.name.startswith("step_"))
-        self._replaced_run = []
-        if previous and not self._resume_from_checkpoint:
-            if not cfg.get("overwrite_output", False):
-                raise FileExistsError(
-                    f"{self._output_dir} already holds a run ({', '.join(previous)}); set "
-                    "resume_from_checkpoint=True to continue it, overwrite_output=True to replace it, "
-                    "or choose another output_dir"
-                )
-            self._replaced_run = previous  # removed once setup has succeeded
+        self._student_hf_config, _ = check_checkpoints(cfg.checkpointer, cfg.teacher_checkpointer)
+        self._student_dir = Path(cfg.checkpointer.checkpoint_dir)
+        cfg_hf = self._student_hf_config
+        self._to_hf = partial(smollm2_tune_to_hf, num_heads=cfg_hf["num_attention_heads"],
+                              num_kv_heads=cfg_hf["num_key_value_heads"])
+        # removed once setup has succeeded
+        self._replaced_run = refuse_earlier_run(
+            self._output_dir, self._resume_from_checkpoint, cfg.get("overwrite_output", False)
+        )
 
     def _start_output(self, cfg: DictConfig) -> None:
         """The point of no return, reached only when setup has succeeded: the run being
@@ -134,15 +113,6 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             self._metric_logger.log_config(cfg)
         self._metric_logger_truncate(self.global_step)
         self._barrier()
-
-    def _validate_models(self) -> None:
-        s_vocab = self._model.tok_embeddings.num_embeddings
-        t_vocab = self._teacher_model.tok_embeddings.num_embeddings
-        if s_vocab != t_vocab:
-            raise ValueError(f"vocab mismatch: student model has {s_vocab} tokens, teacher model {t_vocab}")
-        tok_vocab = getattr(self._tokenizer, "vocab_size", None)
-        if tok_vocab is not None and tok_vocab > s_vocab:
-            raise ValueError(f"the tokenizer has {tok_vocab} tokens but the models only {s_vocab}")
 
     # ------------------------------------------------------------------ setup
 
@@ -195,7 +165,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             model_cfg=cfg.teacher_model,
             model_state_dict=teacher_checkpoint_dict[training.MODEL_KEY],
         )
-        self._validate_models()
+        check_models_agree(self._model, self._teacher_model, self._tokenizer)
         if not self._fused_kd and self._num_output_chunks:
             self._model.set_num_output_chunks(self._num_output_chunks)
             self._teacher_model.set_num_output_chunks(self._num_output_chunks)
@@ -220,19 +190,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._start_output(cfg)
 
     def _latest_checkpoint(self) -> Optional[Dict[str, Any]]:
-        steps = sorted(
-            (int(p.name.split("_")[1]), p)
-            for p in self._output_dir.glob("step_*")
-            if p.name.split("_")[1].isdigit() and (p / RECIPE_STATE).is_file()
-        )
-        if not steps:
-            raise FileNotFoundError(
-                f"resume_from_checkpoint=True but {self._output_dir} has no step_N checkpoint with {RECIPE_STATE}"
-            )
-        step, path = steps[-1]
-        state = torch.load(path / RECIPE_STATE, weights_only=False)
-        if state[training.SEED_KEY] != self.seed:
-            raise ValueError(f"checkpoint {path} was trained with seed {state[training.SEED_KEY]}, config has {self.seed}")
+        path, state = latest_checkpoint(self._output_dir, self.seed)
         self.global_step = state["global_step"]
         self.epochs_run = state[training.EPOCHS_KEY]
         log.info(f"Resuming from {path} (step {self.global_step}).")
@@ -247,64 +205,44 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         if self._is_rank_zero and hasattr(self._metric_logger, "truncate_after"):
             self._metric_logger.truncate_after(step)
 
+    # how weights reach a model: in place here; the distributed recipe builds on meta, shards
+    # and loads the full state dict
+    _build_on_meta = False
+
+    def _load_weights(self, model: nn.Module, state_dict: Dict[str, Any], strict: bool) -> Tuple[List[str], List[str]]:
+        return model.load_state_dict(state_dict, strict=strict)
+
+    def _check_model(self, model: nn.Module) -> None:
+        training.validate_expected_param_dtype(model.named_parameters(), dtype=self._dtype)
+
     def _setup_model(
         self,
         cfg_model: DictConfig,
         enable_activation_checkpointing: bool,
         model_state_dict: Dict[str, Any],
     ) -> nn.Module:
-        with training.set_default_dtype(self._dtype), self._device:
-            model = config.instantiate(cfg_model)
-
-        self.adapter_params = get_adapter_params(model)
-        self._is_lora = bool(self.adapter_params)
-        if self._is_lora:
-            self._lora_rank = cfg_model.lora_rank
-            self._lora_alpha = cfg_model.lora_alpha
-            set_trainable_params(model, self.adapter_params)
-            self._init_adapters(model)
-
-        if enable_activation_checkpointing:
-            training.set_activation_checkpointing(
-                model, auto_wrap_policy={modules.TransformerSelfAttentionLayer}
-            )
-
-        missing, unexpected = model.load_state_dict(model_state_dict, strict=False)
-        missing = [k for k in missing if k not in self.adapter_params]
-        if missing or unexpected:
-            raise ValueError(
-                f"student checkpoint does not fit the model config: missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
-        training.validate_expected_param_dtype(model.named_parameters(), dtype=self._dtype)
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info(
-            f"Student model ({'LoRA' if self._is_lora else 'full-parameter'}, {n_train:,} trainable "
-            f"parameters) is initialized with precision {self._dtype}."
+        model, self._lora = setup_student(
+            cfg_model, model_state_dict, device=self._device, dtype=self._dtype, seed=self.seed,
+            activation_checkpointing=enable_activation_checkpointing, on_meta=self._build_on_meta,
+            load=self._load_weights,
         )
+        self._check_model(model)
+        utils.log_rank_zero(
+            log,
+            f"Student model ({'LoRA' if self._lora else 'full-parameter'}, {num_trainable(model):,} trainable "
+            f"parameters) is initialized with precision {self._dtype}.",
+        )
+        self._barrier()
         return model
 
-    def _init_adapters(self, model: nn.Module) -> None:
-        """Draw the LoRA adapters from the run's seed alone, so they are the same however the
-        frozen base was built (on the device here, on meta in the distributed recipe) and on
-        every rank; the caller's random stream is left as it was."""
-        devices = [self._device] if self._device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), training.set_default_dtype(self._dtype):
-            torch.manual_seed(self.seed)
-            for m in model.modules():
-                if hasattr(m, "adapter_params") and hasattr(m, "initialize_parameters"):  # LoRALinear
-                    if any(p.is_meta for p in m.parameters()):
-                        m.to_empty(device=self._device)
-                    m.initialize_parameters()
-
     def _setup_teacher_model(self, model_cfg: DictConfig, model_state_dict: Dict[str, Any]) -> nn.Module:
-        with training.set_default_dtype(self._dtype), self._device:
-            model = config.instantiate(model_cfg)
-        model.load_state_dict(model_state_dict)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        training.validate_expected_param_dtype(model.named_parameters(), dtype=self._dtype)
-        log.info(f"Teacher model is initialized with precision {self._dtype}.")
+        model = setup_teacher(
+            model_cfg, model_state_dict, device=self._device, dtype=self._dtype, on_meta=self._build_on_meta,
+            load=self._load_weights,
+        )
+        self._check_model(model)
+        utils.log_rank_zero(log, f"Teacher model is initialized with precision {self._dtype}.")
+        self._barrier()
         return model
 
     def _setup_data(
@@ -335,12 +273,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _hf_state_dict(self) -> Dict[str, torch.Tensor]:
-        state_dict = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
-        if self._is_lora:
-            state_dict = get_merged_lora_ckpt(state_dict, rank=self._lora_rank, alpha=self._lora_alpha)
-        cfg = self._student_hf_config
-        return smollm2_tune_to_hf(state_dict, cfg["num_attention_heads"], cfg["num_key_value_heads"])
+    def _full_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The student's full state dict on CPU (on rank 0; empty elsewhere)."""
+        return {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
 
     def _optimizer_state_dict(self) -> Dict[str, Any]:
         return self._optimizer.state_dict()
@@ -354,47 +289,28 @@ class KDRecipeSingleDevice(FTRecipeInterface):
     def save_checkpoint(self, name: str, with_recipe_state: bool) -> Path:
         """Write ``output_dir/<name>`` as a standard HF model directory, atomically."""
         target = self._output_dir / name
-        hf_state = self._hf_state_dict()
+        state_dict = self._full_state_dict()
         opt_state = self._optimizer_state_dict() if with_recipe_state else None
         if self._is_rank_zero:
-            with atomic_directory(target, overwrite=True) as tmp:
-                write_model_dir(tmp, hf_state, self._student_hf_config, copy_from=self._student_dir)
-                if with_recipe_state:
-                    torch.save(
-                        {
-                            training.OPT_KEY: opt_state,
-                            training.DATALOADER_KEY: self._dataloader.state_dict(),
-                            training.SEED_KEY: self.seed,
-                            training.EPOCHS_KEY: self.epochs_run,
-                            "global_step": self.global_step,
-                            "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
-                            "rng_state": torch.get_rng_state(),
-                            "world_size": self.world_size,
-                        },
-                        tmp / RECIPE_STATE,
-                    )
+            recipe_state = {
+                training.OPT_KEY: opt_state,
+                training.DATALOADER_KEY: self._dataloader.state_dict(),
+                training.SEED_KEY: self.seed,
+                training.EPOCHS_KEY: self.epochs_run,
+                "global_step": self.global_step,
+                "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
+                "rng_state": torch.get_rng_state(),
+                "world_size": self.world_size,
+            } if with_recipe_state else None
+            hf_state = merged_hf_state_dict(state_dict, self._lora, self._to_hf)
+            write_checkpoint(target, hf_state, self._student_hf_config, self._student_dir, recipe_state)
             log.info(f"Saved {'checkpoint' if with_recipe_state else 'model'} to {target}")
         self._barrier()
         return target
 
     # ------------------------------------------------------------------ training
 
-    @contextlib.contextmanager
-    def _hidden_state_output(self, model: nn.Module):
-        """Make ``model`` return final (normed) hidden states instead of logits."""
-        output, chunks = model.output, model.num_output_chunks
-        # an nn.Linear output is a registered child module; TiedLinear is a plain attribute
-        model.output = nn.Identity() if isinstance(output, nn.Module) else (lambda h: h)
-        model.num_output_chunks = 0
-        try:
-            yield
-        finally:
-            model.output, model.num_output_chunks = output, chunks
-
-    @staticmethod
-    def _output_weight(model: nn.Module) -> torch.Tensor:
-        out = model.output
-        return out.tied_module.weight if isinstance(out, modules.TiedLinear) else out.weight
+    _output_weight = staticmethod(output_weight)
 
     def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         tokens, labels = batch["tokens"], batch["labels"]
@@ -404,9 +320,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
 
         if self._fused_kd:
-            with self._hidden_state_output(self._model):
+            with hidden_state_output(self._model):
                 hidden = self._model(tokens, mask=mask, input_pos=input_pos).to(self._dtype)
-            with torch.no_grad(), self._hidden_state_output(self._teacher_model):
+            with torch.no_grad(), hidden_state_output(self._teacher_model):
                 teacher_hidden = self._teacher_model(tokens, mask=mask, input_pos=input_pos).to(self._dtype)
             out = self._kd_loss_fn(
                 hidden, self._output_weight(self._model),
@@ -445,27 +361,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         """Token count and summed losses of the whole step (all ranks in the distributed recipe)."""
         return num_tokens, class_loss_sum, kd_loss_sum
 
-    def _reset_peak_memory(self) -> None:
-        """Start the peak-memory window at training, after checkpoint loading's own peak."""
-        if self._device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self._device)
-            return
-        try:  # Linux: writing 5 resets the process's RSS high-water mark (VmHWM)
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-
-    def _peak_memory_gib(self) -> float:
-        if self._device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self._device) / 2**30
-        try:
-            status = Path("/proc/self/status").read_text()
-            return int(status.split("VmHWM:")[1].split()[0]) / 2**20  # kB -> GiB
-        except (OSError, IndexError, ValueError):
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-
     def train(self) -> None:
-        self._reset_peak_memory()
+        reset_peak_memory(self._device)
         t0 = time.perf_counter()
         running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
         self._model.train()
@@ -521,7 +418,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                                 "lr": self._optimizer.param_groups[0]["lr"],
                                 "grad_norm": grad_norm,
                                 "tokens_per_second": int(num_tokens) / time_per_step,
-                                "peak_memory_gib": self._peak_memory_gib(),
+                                "peak_memory_gib": peak_memory_gib(self._device),
                                 "epoch": curr_epoch,
                             },
                             step=self.global_step,

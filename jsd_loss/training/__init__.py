@@ -1,3 +1,48 @@
-from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
+"""What the recipes share: model and adapter setup, input checks, run directories and
+checkpoints, peak memory, hidden states for fused-linear losses, metric logging."""
 
-__all__ = ["JSONLMetricLogger", "read_metrics"]
+from jsd_loss.training._checkpoint import (
+    RECIPE_STATE,
+    earlier_run,
+    latest_checkpoint,
+    merged_hf_state_dict,
+    refuse_earlier_run,
+    write_checkpoint,
+)
+from jsd_loss.training._hidden_states import hidden_state_output, output_weight
+from jsd_loss.training._inputs import check_checkpoints, check_models_agree
+from jsd_loss.training._memory import peak_memory_gib, reset_peak_memory
+from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
+from jsd_loss.training._models import (
+    LoRA,
+    build_model,
+    init_adapters,
+    load_in_place,
+    num_trainable,
+    setup_student,
+    setup_teacher,
+)
+
+__all__ = [
+    "JSONLMetricLogger",
+    "LoRA",
+    "RECIPE_STATE",
+    "build_model",
+    "check_checkpoints",
+    "check_models_agree",
+    "earlier_run",
+    "hidden_state_output",
+    "init_adapters",
+    "latest_checkpoint",
+    "load_in_place",
+    "merged_hf_state_dict",
+    "num_trainable",
+    "output_weight",
+    "peak_memory_gib",
+    "read_metrics",
+    "refuse_earlier_run",
+    "reset_peak_memory",
+    "setup_student",
+    "setup_teacher",
+    "write_checkpoint",
+]
