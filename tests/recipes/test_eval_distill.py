@@ -129,6 +129,7 @@ def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
         ({"student_list": [{"name": "x", "checkpoint_dir": str(students[0]), "log_dir": str(tmp_path / "nolog")}]},
          "no training metrics"),
         ({"dataset.response_field": "answer"}, "lacks the field 'answer'"),
+        ({"dataset.respones_field": "answer"}, "dataset: unknown keys ['respones_field']"),
     ]
     for i, (overrides, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
@@ -136,11 +137,3 @@ def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
                         recipe=EVAL, check=False)
         assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-1500:])
         assert not out.exists()
-
-
-def test_eval_subset_covers_every_category():
-    from jsd_loss.recipes.eval_distill import _round_robin_by_category
-
-    picked = _round_robin_by_category(ROWS, 3)
-    assert [r["category"] for r in picked] == ["open_qa", "summarization", "information_extraction"]
-    assert _round_robin_by_category(ROWS, 10) == [ROWS[i] for i in (0, 1, 3, 2, 4)]

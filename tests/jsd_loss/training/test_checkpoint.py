@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from torchtune import training
 
 from jsd_loss.checkpointing import load_state_dict, read_config
-from jsd_loss.models.smollm2 import smollm2, smollm2_from_hf, smollm2_tune_to_hf
+from jsd_loss.models.smollm2 import smollm2_from_hf, smollm2_tune_to_hf
 from jsd_loss.training import (
     RECIPE_STATE,
     latest_checkpoint,
