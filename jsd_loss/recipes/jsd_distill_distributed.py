@@ -32,7 +32,7 @@ from torch.distributed.tensor import DTensor
 from torchtune import config, training, utils
 
 from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
-from jsd_loss.training import output_weight
+from jsd_loss.training import NOT_IMPLEMENTED, output_weight
 
 
 class KDRecipeDistributed(KDRecipeSingleDevice):
@@ -42,6 +42,8 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         cfg (DictConfig): OmegaConf object parsed from yaml file
     """
 
+    _not_implemented = NOT_IMPLEMENTED  # fsdp_cpu_offload and custom_sharded_layers work here
+
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         self.world_size, self.rank = utils.get_world_size_and_rank()
@@ -49,6 +51,7 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         self._grad_scale_numerator = float(self.world_size)
         self._reshard_after_forward = cfg.get("fsdp_reshard_after_forward", True)
         self._cpu_offload = cfg.get("fsdp_cpu_offload", False)
+        self._custom_sharded_layers = cfg.get("custom_sharded_layers", None)
 
     _build_on_meta = True
 
@@ -56,7 +59,7 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         """Shard ``model`` (built on meta) with FSDP2 and load the full state dict into the shards."""
         training.shard_model(
             model=model,
-            shard_conditions=[partial(training.get_shard_conditions, names_to_match=None)],
+            shard_conditions=[partial(training.get_shard_conditions, names_to_match=self._custom_sharded_layers)],
             cpu_offload=self._cpu_offload,
             reshard_after_forward=self._reshard_after_forward,
         )

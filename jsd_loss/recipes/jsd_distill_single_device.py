@@ -1,49 +1,62 @@
 # Forked from torchtune 0.6.1 recipes/knowledge_distillation_single_device.py
 # (Copyright (c) Meta Platforms, Inc. and affiliates; BSD-style license).
 #
+#   tune run jsd_loss/recipes/jsd_distill_single_device.py --config configs/smollm2/...
+#
 # What the fork changes, and why:
 #   - full-parameter students (the default; a pruned student needs it) as well as LoRA;
-#   - CPU training (the stock recipe refuses it), peak RSS logged on CPU;
+#     student and teacher setup (adapters, weights) is jsd_loss.training's, shared with the
+#     distributed recipe;
+#   - CPU training (the stock recipe refuses it), peak RSS logged on CPU
+#     (log_peak_memory_stats defaults to True);
 #   - any KD loss from config: torchtune's, ours (JSD, true KL), chunked or not, and
-#     fused-linear losses, which receive hidden states and output weights, not logits;
+#     fused-linear losses (declared by jsd_loss.losses.FusedLinearDistillLoss), which
+#     receive hidden states and output weights, not logits;
 #   - input checks before any compute: checkpoint dirs, teacher/student vocab and tokenizer,
-#     dataset rows (the dataset builder validates every row);
+#     whether the student can be saved, dataset rows (the dataset builder validates every row);
+#     stock keys it does not implement (compile, profiler, activation offloading, ...) are
+#     refused when they ask for something;
 #   - gradients are the token-weighted mean over the whole accumulated step (the stock
 #     recipe backpropagates per-batch means and then divides by the token count again);
-#   - HF-format student checkpoints every ``save_every_n_steps`` and at the end, written
-#     atomically, with optimizer/dataloader/RNG state for an exact mid-epoch resume.
+#   - HF-format student checkpoints (LoRA merged) every ``save_every_n_steps`` and at the
+#     end, in the checkpointer's output_dir, written atomically by the converter of the model
+#     family (checkpointer.model_type, or hf_converter), with optimizer/dataloader/RNG state
+#     for an exact mid-epoch resume; an earlier run there is never replaced silently.
 
 import shutil
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchdata.stateful_dataloader import StatefulDataLoader
-from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from torchtune import config, training, utils
-from torchtune.data import padded_collate_sft
 from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
-from jsd_loss.models.smollm2 import smollm2_tune_to_hf
 from jsd_loss.training import (
+    NOT_IMPLEMENTED,
+    SHARDING_ONLY,
+    build_dataloader,
+    build_model,
     check_checkpoints,
     check_models_agree,
-    hidden_state_output,
+    hf_converter,
+    kd_step,
     latest_checkpoint,
     merged_hf_state_dict,
     num_trainable,
     output_weight,
     peak_memory_gib,
     refuse_earlier_run,
+    refuse_unimplemented,
     reset_peak_memory,
+    setup_losses,
     setup_student,
     setup_teacher,
+    steps_per_epoch,
     write_checkpoint,
 )
 
@@ -66,14 +79,21 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         ValueError: If ``dtype`` is set to fp16.
     """
 
+    # stock config keys this recipe refuses when they ask for something (the distributed
+    # recipe implements the sharding ones)
+    _not_implemented = {**NOT_IMPLEMENTED, **SHARDING_ONLY}
+
     def __init__(self, cfg: DictConfig) -> None:
+        refuse_unimplemented(cfg, self._not_implemented)
         self._device = utils.get_device(device=cfg.device)
         self._dtype = training.get_dtype(cfg.dtype, device=self._device)
         if self._dtype == torch.float16:
             raise ValueError("fp16 precision is not supported in this recipe. Please use fp32 or bf16.")
 
-        self._output_dir = Path(cfg.output_dir)
+        # checkpoints go where the checkpointer says (its output_dir), as in the stock recipe
+        self._output_dir = Path(cfg.checkpointer.get("output_dir", cfg.output_dir))
         self._log_every_n_steps = cfg.get("log_every_n_steps", 1)
+        self._log_peak_memory_stats = cfg.get("log_peak_memory_stats", True)
         self._save_every_n_steps = cfg.get("save_every_n_steps", None)
         self.seed = training.set_seed(seed=cfg.seed, debug_mode=cfg.get("cudnn_deterministic_mode", None))
         self.epochs_run = 0
@@ -95,9 +115,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         """Cheap checks that must fail before any model is built or data tokenized."""
         self._student_hf_config, _ = check_checkpoints(cfg.checkpointer, cfg.teacher_checkpointer)
         self._student_dir = Path(cfg.checkpointer.checkpoint_dir)
-        cfg_hf = self._student_hf_config
-        self._to_hf = partial(smollm2_tune_to_hf, num_heads=cfg_hf["num_attention_heads"],
-                              num_kv_heads=cfg_hf["num_key_value_heads"])
+        # the model as the config builds it, on meta: what saving will have to convert
+        student = build_model(cfg.model, torch.device("meta"), self._dtype)
+        self._to_hf = hf_converter(cfg.checkpointer, self._student_hf_config, student, cfg.get("hf_converter"))
         # removed once setup has succeeded
         self._replaced_run = refuse_earlier_run(
             self._output_dir, self._resume_from_checkpoint, cfg.get("overwrite_output", False)
@@ -123,36 +143,21 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._metric_logger = config.instantiate(cfg.metric_logger)
         self._tokenizer = config.instantiate(cfg.tokenizer)
 
-        self._loss_fn = config.instantiate(cfg.loss)
-        self._kd_loss_fn = config.instantiate(cfg.kd_loss)
-        self._fused_kd = hasattr(self._kd_loss_fn, "chunk_size")  # fused-linear losses
-        self._kd_returns_ce = self._fused_kd and getattr(self._kd_loss_fn, "return_ce", False)
-        self._num_output_chunks = getattr(self._loss_fn, "num_output_chunks", 0)
-        if not self._fused_kd and self._num_output_chunks:
-            kd_chunks = getattr(self._kd_loss_fn, "num_output_chunks", None)
-            if kd_chunks != self._num_output_chunks:
-                raise ValueError(
-                    f"loss has num_output_chunks={self._num_output_chunks} but kd_loss has {kd_chunks}: "
-                    "a chunked CE needs a chunked KD loss with the same number of chunks"
-                )
+        # fused-linear KD losses take hidden states and output weights instead of logits
+        self._losses = setup_losses(cfg.loss, cfg.kd_loss)
+        self._fused_kd = self._losses.fused
         log.info("Loss is initialized.")
 
         resume_state = self._latest_checkpoint() if self._resume_from_checkpoint else None
         mid_epoch = resume_state is not None and resume_state["state"]["steps_done_this_epoch"] > 0
-        self._dataloader = self._setup_data(
-            cfg_dataset=cfg.dataset,
-            batch_size=cfg.batch_size,
-            shuffle=cfg.shuffle,
-            dataloader_state_dict=resume_state["state"][training.DATALOADER_KEY] if mid_epoch else None,
+        self._dataloader = build_dataloader(
+            cfg.dataset, self._tokenizer, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=self.seed,
+            ignore_index=self._losses.ignore_index, world_size=self.world_size, rank=self.rank,
+            state_dict=resume_state["state"][training.DATALOADER_KEY] if mid_epoch else None,
         )
-        self._steps_per_epoch = len(self._dataloader) // self._gradient_accumulation_steps
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < self._steps_per_epoch:
-            self._steps_per_epoch = self.max_steps_per_epoch
-        if self._steps_per_epoch < 1:
-            raise ValueError(
-                f"the dataset gives {len(self._dataloader)} batches of {cfg.batch_size}, fewer than "
-                f"gradient_accumulation_steps={self._gradient_accumulation_steps}: no optimizer step"
-            )
+        self._steps_per_epoch = steps_per_epoch(
+            len(self._dataloader), cfg.batch_size, self._gradient_accumulation_steps, self.max_steps_per_epoch
+        )
 
         checkpoint_dict = self._load_student_checkpoint(cfg.checkpointer, resume_state)
         teacher_checkpoint_dict = config.instantiate(cfg.teacher_checkpointer).load_checkpoint()
@@ -166,9 +171,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             model_state_dict=teacher_checkpoint_dict[training.MODEL_KEY],
         )
         check_models_agree(self._model, self._teacher_model, self._tokenizer)
-        if not self._fused_kd and self._num_output_chunks:
-            self._model.set_num_output_chunks(self._num_output_chunks)
-            self._teacher_model.set_num_output_chunks(self._num_output_chunks)
+        if not self._fused_kd and self._losses.num_output_chunks:
+            self._model.set_num_output_chunks(self._losses.num_output_chunks)
+            self._teacher_model.set_num_output_chunks(self._losses.num_output_chunks)
 
         self._optimizer = config.instantiate(
             cfg.optimizer, [p for p in self._model.parameters() if p.requires_grad]
@@ -185,7 +190,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             torch.set_rng_state(resume_state["state"]["rng_state"])
 
         self.ignore_labels_cache = torch.full(
-            (cfg.batch_size, 1), self._loss_fn.ignore_index, device=self._device
+            (cfg.batch_size, 1), self._losses.ignore_index, device=self._device
         )
         self._start_output(cfg)
 
@@ -245,32 +250,6 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._barrier()
         return model
 
-    def _setup_data(
-        self,
-        cfg_dataset: DictConfig,
-        shuffle: bool,
-        batch_size: int,
-        dataloader_state_dict: Optional[Dict[str, Any]] = None,
-    ) -> StatefulDataLoader:
-        ds = config.instantiate(cfg_dataset, self._tokenizer)
-        sampler = StatefulDistributedSampler(
-            ds, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=self.seed
-        )
-        dataloader = StatefulDataLoader(
-            dataset=ds,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=partial(
-                padded_collate_sft,
-                padding_idx=self._tokenizer.pad_id,
-                ignore_idx=self._loss_fn.ignore_index,
-            ),
-            drop_last=True,
-        )
-        if dataloader_state_dict is not None:
-            dataloader.load_state_dict(dataloader_state_dict)
-        return dataloader
-
     # ------------------------------------------------------------------ checkpoints
 
     def _full_state_dict(self) -> Dict[str, torch.Tensor]:
@@ -313,44 +292,13 @@ class KDRecipeSingleDevice(FTRecipeInterface):
     _output_weight = staticmethod(output_weight)
 
     def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        tokens, labels = batch["tokens"], batch["labels"]
-        mask = batch.get("mask", None)
-        input_pos = batch.get("input_pos", None)
+        labels = batch["labels"]
         # Shift labels: position t predicts token t + 1
         labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
-
-        if self._fused_kd:
-            with hidden_state_output(self._model):
-                hidden = self._model(tokens, mask=mask, input_pos=input_pos).to(self._dtype)
-            with torch.no_grad(), hidden_state_output(self._teacher_model):
-                teacher_hidden = self._teacher_model(tokens, mask=mask, input_pos=input_pos).to(self._dtype)
-            out = self._kd_loss_fn(
-                hidden, self._output_weight(self._model),
-                teacher_hidden, self._output_weight(self._teacher_model), labels,
-            )
-            if self._kd_returns_ce:
-                kd_loss, class_loss = out
-            else:
-                kd_loss = out
-                logits = self._model.output(hidden).float()
-                if self._num_output_chunks:
-                    logits = list(logits.chunk(self._num_output_chunks, dim=1))
-                else:
-                    logits, labels = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
-                class_loss = self._loss_fn(logits, labels)
-            return class_loss, kd_loss
-
-        logits = self._model(tokens, mask=mask, input_pos=input_pos)
-        with torch.no_grad():
-            teacher_logits = self._teacher_model(tokens, mask=mask, input_pos=input_pos)
-        if not isinstance(logits, list):
-            labels = labels.reshape(-1)
-            logits = logits.reshape(-1, logits.size(-1))
-            teacher_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))
-        kd_loss = self._kd_loss_fn(logits, teacher_logits, labels)
-        class_loss = self._loss_fn(logits, labels)
-        del logits, teacher_logits
-        return class_loss, kd_loss
+        return kd_step(
+            self._model, self._teacher_model, batch["tokens"], labels, self._losses, dtype=self._dtype,
+            mask=batch.get("mask", None), input_pos=batch.get("input_pos", None), weight_of=self._output_weight,
+        )
 
     # the number the summed per-token loss gradients are multiplied by before dividing by
     # the step's token count; FSDP2 averages gradients over ranks, so the distributed
@@ -373,7 +321,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             self._dataloader.sampler.set_epoch(curr_epoch)
             for idx, batch in enumerate(self._dataloader, start=steps_done_this_epoch * self._gradient_accumulation_steps):
                 batch = {k: v.to(self._device) for k, v in batch.items()}
-                current_num_tokens = (batch["labels"][..., 1:] != self._loss_fn.ignore_index).sum()
+                current_num_tokens = (batch["labels"][..., 1:] != self._losses.ignore_index).sum()
                 class_loss, kd_loss = self._loss_step(batch)
                 # token-weighted: the step's gradient is the mean over all its tokens
                 current_loss = (1 - self._kd_ratio) * class_loss + self._kd_ratio * kd_loss
@@ -410,19 +358,19 @@ class KDRecipeSingleDevice(FTRecipeInterface):
 
                     if self._is_rank_zero and self.global_step % self._log_every_n_steps == 0:
                         time_per_step = time.perf_counter() - t0
-                        self._metric_logger.log_dict(
-                            {
-                                "loss": loss_to_log,
-                                "class_loss": class_loss_to_log,
-                                "kd_loss": kd_loss_to_log,
-                                "lr": self._optimizer.param_groups[0]["lr"],
-                                "grad_norm": grad_norm,
-                                "tokens_per_second": int(num_tokens) / time_per_step,
-                                "peak_memory_gib": peak_memory_gib(self._device),
-                                "epoch": curr_epoch,
-                            },
-                            step=self.global_step,
-                        )
+                        log_dict = {
+                            "loss": loss_to_log,
+                            "class_loss": class_loss_to_log,
+                            "kd_loss": kd_loss_to_log,
+                            "lr": self._optimizer.param_groups[0]["lr"],
+                            "grad_norm": grad_norm,
+                            "tokens_per_second": int(num_tokens) / time_per_step,
+                            "peak_memory_gib": peak_memory_gib(self._device),
+                            "epoch": curr_epoch,
+                        }
+                        if not self._log_peak_memory_stats:
+                            del log_dict["peak_memory_gib"]
+                        self._metric_logger.log_dict(log_dict, step=self.global_step)
                     running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
                     t0 = time.perf_counter()
 

@@ -9,8 +9,11 @@ from jsd_loss.training._checkpoint import (
     refuse_earlier_run,
     write_checkpoint,
 )
-from jsd_loss.training._hidden_states import hidden_state_output, output_weight
+from jsd_loss.training._config_keys import NOT_IMPLEMENTED, SHARDING_ONLY, refuse_unimplemented
+from jsd_loss.training._data import build_dataloader, steps_per_epoch
+from jsd_loss.training._families import LLAMA_LAYOUT, hf_converter
 from jsd_loss.training._inputs import check_checkpoints, check_models_agree
+from jsd_loss.training._kd_step import KDLosses, hidden_state_output, kd_step, output_weight, setup_losses
 from jsd_loss.training._memory import peak_memory_gib, reset_peak_memory
 from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
 from jsd_loss.training._models import (
@@ -25,14 +28,21 @@ from jsd_loss.training._models import (
 
 __all__ = [
     "JSONLMetricLogger",
+    "KDLosses",
+    "LLAMA_LAYOUT",
     "LoRA",
+    "NOT_IMPLEMENTED",
     "RECIPE_STATE",
+    "SHARDING_ONLY",
+    "build_dataloader",
     "build_model",
     "check_checkpoints",
     "check_models_agree",
     "earlier_run",
+    "hf_converter",
     "hidden_state_output",
     "init_adapters",
+    "kd_step",
     "latest_checkpoint",
     "load_in_place",
     "merged_hf_state_dict",
@@ -41,8 +51,11 @@ __all__ = [
     "peak_memory_gib",
     "read_metrics",
     "refuse_earlier_run",
+    "refuse_unimplemented",
     "reset_peak_memory",
+    "setup_losses",
     "setup_student",
     "setup_teacher",
+    "steps_per_epoch",
     "write_checkpoint",
 ]

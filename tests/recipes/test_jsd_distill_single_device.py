@@ -132,6 +132,9 @@ def test_lora_student(tmp_path, tiny_dirs):
 def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir):
     teacher, student = tiny_dirs
     other_vocab = write_tiny_hf_dir(tmp_path / "other_vocab", vocab_size=49153)
+    untied = write_tiny_hf_dir(tmp_path / "untied", tokenizer_from=teacher_dir)
+    hf_cfg = json.loads((untied / "config.json").read_text())
+    (untied / "config.json").write_text(json.dumps({**hf_cfg, "tie_word_embeddings": False}))
     bad_rows = tmp_path / "bad.jsonl"
     bad_rows.write_text(json.dumps({"instruction": "hi", "context": "", "response": "x", "category": "open_qa"})
                         + "\n" + json.dumps({"instruction": "hi", "context": ""}) + "\n")
@@ -141,6 +144,11 @@ def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir
         ({"dataset.source": str(bad_rows)}, "row 2 lacks the field 'response'"),
         ({"dataset.source": str(tmp_path / "none.jsonl")}, "dataset file not found"),
         ({"kd_ratio": 1.5}, "kd_ratio must be in [0, 1]"),
+        # stock keys that are not implemented, and students that could not be saved
+        ({"compile": True}, "compile=True is not supported by this recipe"),
+        ({"profiler": {"enabled": True}}, "profiler={'enabled': True} is not supported by this recipe"),
+        ({"checkpointer.model_type": "QWEN2"}, "cannot save a checkpointer.model_type=QWEN2 student"),
+        ({"student_dir": str(untied)}, "cannot save an untied student"),
     ]
     for i, (overrides, message) in enumerate(cases):
         d = tmp_path / f"case{i}"
@@ -148,6 +156,20 @@ def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir
         proc = tune_run(tiny_config(d, teacher, student, **overrides), check=False)
         assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-2000:])
         assert not list((d / "out").glob("step_*")) and not (d / "out" / "final").exists()
+
+
+def test_checkpoints_go_to_the_checkpointers_output_dir(tmp_path, tiny_dirs):
+    ckpts = tmp_path / "ckpts"
+    cfg = tiny_config(tmp_path, *tiny_dirs, **{"checkpointer.output_dir": str(ckpts), "max_steps_per_epoch": 2,
+                                               "log_peak_memory_stats": False})
+    tune_run(cfg)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["final", "step_2"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["logs"]
+    m = metrics(tmp_path / "out")
+    assert len(m) == 2 and "peak_memory_gib" not in m[0] and "tokens_per_second" in m[0]
+    LlamaForCausalLM.from_pretrained(str(ckpts / "final"))
+    proc = tune_run(cfg, check=False)  # the earlier run is looked for there too
+    assert proc.returncode != 0 and f"{ckpts} already holds a run (final, step_2)" in proc.stderr + proc.stdout
 
 
 def test_an_earlier_run_is_never_overwritten_silently(tmp_path, tiny_dirs):
