@@ -13,7 +13,9 @@
 #     fused-linear losses (declared by jsd_loss.losses.FusedLinearDistillLoss), which
 #     receive hidden states and output weights, not logits;
 #   - input checks before any compute: checkpoint dirs, teacher/student vocab and tokenizer,
-#     whether the student can be saved, dataset rows (the dataset builder validates every row);
+#     each model config's shape against its checkpoint's config.json (built on meta, before
+#     any weights load), whether the student can be saved, dataset rows (the dataset builder
+#     validates every row);
 #     stock keys it does not implement (compile, profiler, activation offloading, ...) are
 #     refused when they ask for something;
 #   - gradients are the token-weighted mean over the whole accumulated step (the stock
@@ -40,9 +42,9 @@ from jsd_loss.training import (
     NOT_IMPLEMENTED,
     SHARDING_ONLY,
     build_dataloader,
-    build_model,
     check_checkpoints,
     check_models_agree,
+    checked_meta_model,
     hf_converter,
     kd_step,
     latest_checkpoint,
@@ -113,10 +115,13 @@ class KDRecipeSingleDevice(FTRecipeInterface):
 
     def _validate_inputs(self, cfg: DictConfig) -> None:
         """Cheap checks that must fail before any model is built or data tokenized."""
-        self._student_hf_config, _ = check_checkpoints(cfg.checkpointer, cfg.teacher_checkpointer)
+        self._student_hf_config, teacher_hf_config = check_checkpoints(cfg.checkpointer, cfg.teacher_checkpointer)
         self._student_dir = Path(cfg.checkpointer.checkpoint_dir)
-        # the model as the config builds it, on meta: what saving will have to convert
-        student = build_model(cfg.model, torch.device("meta"), self._dtype)
+        # the models as their configs build them, on meta (no memory, no weights read): of
+        # their checkpoints' shapes, and a student that saving can convert
+        student = checked_meta_model(cfg.model, self._dtype, self._student_hf_config, "student", self._student_dir)
+        checked_meta_model(cfg.teacher_model, self._dtype, teacher_hf_config, "teacher",
+                           Path(cfg.teacher_checkpointer.checkpoint_dir))
         self._to_hf = hf_converter(cfg.checkpointer, self._student_hf_config, student, cfg.get("hf_converter"))
         # removed once setup has succeeded
         self._replaced_run = refuse_earlier_run(

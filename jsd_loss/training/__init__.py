@@ -1,5 +1,6 @@
-"""What the recipes share: model and adapter setup, input checks, run directories and
-checkpoints, peak memory, hidden states for fused-linear losses, metric logging."""
+"""What the recipes share: model and adapter setup, model shapes against checkpoints, input
+and config-key checks, data loading, the KD step, run directories and checkpoints, saving by
+model family, peak memory, metric logging."""
 
 from jsd_loss.training._checkpoint import (
     RECIPE_STATE,
@@ -19,12 +20,14 @@ from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
 from jsd_loss.training._models import (
     LoRA,
     build_model,
+    checked_meta_model,
     init_adapters,
     load_in_place,
     num_trainable,
     setup_student,
     setup_teacher,
 )
+from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_shape, model_shape
 
 __all__ = [
     "JSONLMetricLogger",
@@ -33,12 +36,16 @@ __all__ = [
     "LoRA",
     "NOT_IMPLEMENTED",
     "RECIPE_STATE",
+    "SHAPE_KEYS",
     "SHARDING_ONLY",
     "build_dataloader",
     "build_model",
     "check_checkpoints",
+    "check_model_shape",
+    "checked_meta_model",
     "check_models_agree",
     "earlier_run",
+    "hf_config_shape",
     "hf_converter",
     "hidden_state_output",
     "init_adapters",
@@ -46,6 +53,7 @@ __all__ = [
     "latest_checkpoint",
     "load_in_place",
     "merged_hf_state_dict",
+    "model_shape",
     "num_trainable",
     "output_weight",
     "peak_memory_gib",

@@ -3,6 +3,7 @@ adapters, weights, freezing. How weights reach the model (in place on one device
 under FSDP2) is the recipe's ``load`` callable; everything around it is here, once."""
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
 from torchtune import config, modules, training
 from torchtune.modules.peft import get_adapter_params, set_trainable_params
+
+from jsd_loss.training._shapes import check_model_shape
 
 # load(model, state_dict, strict) -> (missing keys, unexpected keys), as nn.Module.load_state_dict
 LoadFn = Callable[[nn.Module, Dict[str, Any], bool], Tuple[List[str], List[str]]]
@@ -35,6 +38,17 @@ def build_model(cfg_model: DictConfig, device: torch.device, dtype: torch.dtype)
     """Instantiate ``cfg_model`` with parameters of ``dtype`` on ``device`` (``meta``: no memory)."""
     with training.set_default_dtype(dtype), device:
         return config.instantiate(cfg_model)
+
+
+def checked_meta_model(
+    cfg_model: DictConfig, dtype: torch.dtype, hf_config: dict, who: str, checkpoint_dir: Path
+) -> nn.Module:
+    """The model as ``cfg_model`` builds it, on the meta device (no memory, no weights read),
+    refused when its shape differs from its checkpoint's ``config.json`` (see
+    :func:`~jsd_loss.training.check_model_shape`)."""
+    model = build_model(cfg_model, torch.device("meta"), dtype)
+    check_model_shape(model, hf_config, who, checkpoint_dir)
+    return model
 
 
 def init_adapters(model: nn.Module, seed: int, device: torch.device, dtype: torch.dtype) -> None:

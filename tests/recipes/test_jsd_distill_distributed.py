@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jsd_loss.checkpointing import load_state_dict
-from tests.conftest import DISTRIBUTED, REPO, TINY, clean_env, metrics, tiny_config, tune_run
+from tests.conftest import DISTRIBUTED, REPO, TINY, TINY_MODEL, clean_env, metrics, tiny_config, tune_run
 
 
 def tune_run_distributed(config, *args, nproc=2, check=True):
@@ -60,6 +60,15 @@ def test_a_failing_start_gives_a_clear_error_and_no_checkpoint(tmp_path, tiny_di
     assert not (tmp_path / "out").exists() or not [
         p for p in (tmp_path / "out").iterdir() if p.name.startswith(("step_", "final"))
     ]
+
+
+def test_a_teacher_config_of_another_shape_is_refused_before_anything_loads(tmp_path, tiny_dirs):
+    cfg = tiny_config(tmp_path, *tiny_dirs, teacher_model={**TINY_MODEL, "num_layers": 3})
+    proc = tune_run_distributed(cfg, check=False)
+    assert proc.returncode != 0
+    assert ("the teacher model config does not build the model of its checkpoint (num_layers 3 vs 2): the config "
+            "builds num_layers=3,") in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_one_rank_failing_at_start_stops_all_and_keeps_the_earlier_run(tmp_path, tiny_dirs):

@@ -158,6 +158,23 @@ def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir
         assert not list((d / "out").glob("step_*")) and not (d / "out" / "final").exists()
 
 
+BUILT = "num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=1, head_dim=8, intermediate_dim=48, vocab=49152"
+DESCRIBED = "num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_dim=64, vocab=49152"
+
+
+@pytest.mark.parametrize("key", ["model", "teacher_model"])
+def test_a_model_config_of_another_shape_is_refused_before_anything_loads(tmp_path, tiny_dirs, key):
+    """A config built for another pruning (MLP 48 wide, one KV head) against the tiny checkpoint."""
+    cfg = tiny_config(tmp_path, *tiny_dirs, **{key: {**TINY_MODEL, "intermediate_dim": 48, "num_kv_heads": 1}})
+    proc = tune_run(cfg, check=False)
+    out = proc.stdout + proc.stderr
+    who, ckpt = ("student", tiny_dirs[1]) if key == "model" else ("teacher", tiny_dirs[0])
+    assert proc.returncode != 0
+    assert (f"the {who} model config does not build the model of its checkpoint (num_kv_heads 1 vs 2; "
+            f"intermediate_dim 48 vs 64): the config builds {BUILT}; {ckpt}/config.json describes {DESCRIBED}") in out
+    assert "Loss is initialized" not in out and not (tmp_path / "out").exists()
+
+
 def test_checkpoints_go_to_the_checkpointers_output_dir(tmp_path, tiny_dirs):
     ckpts = tmp_path / "ckpts"
     cfg = tiny_config(tmp_path, *tiny_dirs, **{"checkpointer.output_dir": str(ckpts), "max_steps_per_epoch": 2,
