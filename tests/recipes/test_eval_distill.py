@@ -5,18 +5,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO, write_tiny_hf_dir
-from tests.conftest import EVAL, tune_run
-
-ROWS = [
-    {"instruction": "What is the capital of France?", "context": "", "response": "Paris.", "category": "open_qa"},
-    {"instruction": "Summarize.", "context": "The cat sat on the mat all day.", "response": "A cat sat.",
-     "category": "summarization"},
-    {"instruction": "Name a colour.", "context": "", "response": "Blue", "category": "open_qa"},
-    {"instruction": "Extract the year.", "context": "It opened in 1889.", "response": "1889",
-     "category": "information_extraction"},
-    {"instruction": "Say hi", "context": "", "response": "Hi there!", "category": "open_qa"},
-]
+from tests.conftest import EVAL, REPO, tune_run, write_tiny_hf_dir
+from tests.jsd_loss.eval.conftest import ROWS
 
 
 def _log(path, losses):
