@@ -63,7 +63,9 @@ def greedy_generate(
 
 
 @torch.no_grad()
-def teacher_forced(model: TransformerDecoder, tokenizer, examples: List[Example], device: torch.device) -> Dict[str, List]:
+def teacher_forced(
+    model: TransformerDecoder, tokenizer, examples: List[Example], device: torch.device
+) -> Dict[str, List]:
     """Per example, over the reference response's tokens: the model's next-token argmax
     (``argmax``, a tensor), summed NLL (``nll``) and token count (``n_tokens``)."""
     argmaxes, nll, n_tokens = [], [], []

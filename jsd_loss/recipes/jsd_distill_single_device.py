@@ -180,23 +180,17 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             self._model.set_num_output_chunks(self._losses.num_output_chunks)
             self._teacher_model.set_num_output_chunks(self._losses.num_output_chunks)
 
-        self._optimizer = config.instantiate(
-            cfg.optimizer, [p for p in self._model.parameters() if p.requires_grad]
-        )
+        self._optimizer = config.instantiate(cfg.optimizer, [p for p in self._model.parameters() if p.requires_grad])
         if resume_state is not None:
             self._load_optimizer_state_dict(resume_state["state"][training.OPT_KEY])
         self._lr_scheduler = config.instantiate(
-            cfg.lr_scheduler,
-            self._optimizer,
-            num_training_steps=self.total_epochs * self._steps_per_epoch,
-            last_epoch=self.global_step - 1,
+            cfg.lr_scheduler, self._optimizer,
+            num_training_steps=self.total_epochs * self._steps_per_epoch, last_epoch=self.global_step - 1,
         )
         if resume_state is not None:
             torch.set_rng_state(resume_state["state"]["rng_state"])
 
-        self.ignore_labels_cache = torch.full(
-            (cfg.batch_size, 1), self._losses.ignore_index, device=self._device
-        )
+        self.ignore_labels_cache = torch.full((cfg.batch_size, 1), self._losses.ignore_index, device=self._device)
         self._start_output(cfg)
 
     def _latest_checkpoint(self) -> Optional[Dict[str, Any]]:
@@ -226,10 +220,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         training.validate_expected_param_dtype(model.named_parameters(), dtype=self._dtype)
 
     def _setup_model(
-        self,
-        cfg_model: DictConfig,
-        enable_activation_checkpointing: bool,
-        model_state_dict: Dict[str, Any],
+        self, cfg_model: DictConfig, enable_activation_checkpointing: bool, model_state_dict: Dict[str, Any]
     ) -> nn.Module:
         model, self._lora = setup_student(
             cfg_model, model_state_dict, device=self._device, dtype=self._dtype, seed=self.seed,
@@ -324,7 +315,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             pbar = tqdm(total=self._steps_per_epoch, initial=steps_done_this_epoch,
                         disable=None if self._is_rank_zero else True)
             self._dataloader.sampler.set_epoch(curr_epoch)
-            for idx, batch in enumerate(self._dataloader, start=steps_done_this_epoch * self._gradient_accumulation_steps):
+            start = steps_done_this_epoch * self._gradient_accumulation_steps
+            for idx, batch in enumerate(self._dataloader, start=start):
                 batch = {k: v.to(self._device) for k, v in batch.items()}
                 current_num_tokens = (batch["labels"][..., 1:] != self._losses.ignore_index).sum()
                 class_loss, kd_loss = self._loss_step(batch)
@@ -370,11 +362,10 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                             "lr": self._optimizer.param_groups[0]["lr"],
                             "grad_norm": grad_norm,
                             "tokens_per_second": int(num_tokens) / time_per_step,
-                            "peak_memory_gib": peak_memory_gib(self._device),
                             "epoch": curr_epoch,
                         }
-                        if not self._log_peak_memory_stats:
-                            del log_dict["peak_memory_gib"]
+                        if self._log_peak_memory_stats:
+                            log_dict["peak_memory_gib"] = peak_memory_gib(self._device)
                         self._metric_logger.log_dict(log_dict, step=self.global_step)
                     running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
                     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ NOT_IMPLEMENTED = {
     "enable_activation_offloading": "activation offloading is not implemented here; enable_activation_checkpointing is",
     "save_adapter_weights_only": "checkpoints are HF model directories with the LoRA adapters merged in",
     "low_cpu_ram": "checkpoints are loaded whole; low_cpu_ram loading is not implemented",
-    "optimizer_in_bwd": "the optimizer steps after gradient accumulation and clipping; optimizer_in_bwd is not implemented",
+    "optimizer_in_bwd": "the optimizer steps after gradient accumulation and clipping, not in backward",
     "checkpointer.adapter_checkpoint": "resume with resume_from_checkpoint=True (from output_dir/step_N)",
     "checkpointer.recipe_checkpoint": "resume with resume_from_checkpoint=True (from output_dir/step_N)",
     "checkpointer.should_load_recipe_state": "resume with resume_from_checkpoint=True (from output_dir/step_N)",

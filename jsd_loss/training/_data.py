@@ -38,7 +38,9 @@ def build_dataloader(
     return dataloader
 
 
-def steps_per_epoch(num_batches: int, batch_size: int, gradient_accumulation_steps: int, max_steps: Optional[int]) -> int:
+def steps_per_epoch(
+    num_batches: int, batch_size: int, gradient_accumulation_steps: int, max_steps: Optional[int]
+) -> int:
     """Optimizer steps per epoch: whole accumulations of batches, at most ``max_steps``.
 
     Raises:
