@@ -120,13 +120,9 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
 
 @config.parse
 def recipe_main(cfg: DictConfig) -> None:
-    """
-    Entry point for the recipe.
-
-    Configurable parameters are read in the following order:
-        - Parameters specified in config (see available configs through ``tune ls``)
-        - Overwritten by arguments from the command-line
-    """
+    """Entry point on every rank (config as for the single-device recipe, command-line
+    overrides applied): joins the process group, runs the recipe, and leaves the group even
+    when setup or training fails, so that torchrun stops the other ranks."""
     device = utils.get_device(device=cfg.device)
     init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.get("fsdp_cpu_offload", False):
