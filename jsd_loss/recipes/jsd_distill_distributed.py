@@ -121,8 +121,8 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
 @config.parse
 def recipe_main(cfg: DictConfig) -> None:
     """Entry point on every rank (config as for the single-device recipe, command-line
-    overrides applied): joins the process group, runs the recipe, and leaves the group even
-    when setup or training fails, so that torchrun stops the other ranks."""
+    overrides applied): joins the process group (NCCL on CUDA, gloo on CPU), runs the recipe,
+    and cleans up (metric log closed, group left) even when setup or training raises."""
     device = utils.get_device(device=cfg.device)
     init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.get("fsdp_cpu_offload", False):
