@@ -2,8 +2,8 @@
 
 Same teacher (SmolLM2-135M-Instruct), student (the pruned 90M), data, seed and global batch:
 
-* ``single_chunked``: ``recipes/jsd_distill_single_device.py``, batch ``N * batch_size``;
-* ``fsdp_chunked``: ``recipes/jsd_distill_distributed.py`` on ``N`` ranks, batch ``batch_size``
+* ``single_chunked``: ``jsd_loss/recipes/jsd_distill_single_device.py``, batch ``N * batch_size``;
+* ``fsdp_chunked``: ``jsd_loss/recipes/jsd_distill_distributed.py`` on ``N`` ranks, batch ``batch_size``
   each, chunked JSD;
 * ``fsdp_fused``: the same with the fused-linear JSD (CE from the same pass).
 
@@ -53,9 +53,9 @@ def _config(variant: str, args, out: Path) -> Path:
 
 
 def _run(variant: str, config: Path, nproc: int) -> None:
-    launch = ["--nproc_per_node", str(nproc), "recipes/jsd_distill_distributed.py"] if variant.startswith("fsdp") \
-        else ["recipes/jsd_distill_single_device.py"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    launch = ["--nproc_per_node", str(nproc), "jsd_loss/recipes/jsd_distill_distributed.py"] \
+        if variant.startswith("fsdp") else ["jsd_loss/recipes/jsd_distill_single_device.py"]
+    env = dict(os.environ)
     if variant.startswith("fsdp"):
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     proc = subprocess.run([sys.executable, "-m", "torchtune._cli.tune", "run", *launch, "--config", str(config)],

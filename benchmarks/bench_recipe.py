@@ -22,7 +22,6 @@ checkpoints, whose own peak otherwise dominates).
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -79,10 +78,10 @@ def run_worker(variant: str, config: Path) -> dict:
     """Runs one variant as this process's only child and reports its peak RSS."""
     import resource
 
-    recipe = "knowledge_distillation_single_device" if variant == "stock_lora" else "recipes/jsd_distill_single_device.py"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    recipe = "knowledge_distillation_single_device" if variant == "stock_lora" \
+        else "jsd_loss/recipes/jsd_distill_single_device.py"
     proc = subprocess.run([sys.executable, "-m", "torchtune._cli.tune", "run", recipe, "--config", str(config)],
-                          cwd=REPO, env=env, capture_output=True, text=True)
+                          cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{proc.stderr[-4000:]}")
     return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}

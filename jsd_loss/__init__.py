@@ -1,6 +1,7 @@
 """jsd-distill: Jensen-Shannon divergence knowledge distillation for torchtune."""
 
 from jsd_loss.losses import (
+    FusedLinearDistillLoss,
     FusedLinearJSDistillLoss,
     FusedLinearKLDistillLoss,
     JSDistillLoss,
@@ -16,6 +17,7 @@ from jsd_loss.losses import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "FusedLinearDistillLoss",
     "FusedLinearJSDistillLoss",
     "FusedLinearKLDistillLoss",
     "JSDistillLoss",

@@ -1,4 +1,4 @@
-# Makes `recipes` importable as a package from the repository root, ahead of the
-# `recipes` package torchtune installs into site-packages: run `tune run recipes/...`
-# with PYTHONPATH=. (a known torchtune limitation, pytorch/torchtune#1760), or
-# `python recipes/<recipe>.py --config ...`.
+# Thin entry points; the recipes live in jsd_loss/recipes/ (run them with
+# `tune run jsd_loss/recipes/<name>.py --config ...`, no PYTHONPATH needed).
+# This file keeps the older form `PYTHONPATH=. tune run recipes/<name>.py ...` working:
+# with PYTHONPATH=. this package shadows the `recipes` package torchtune installs.

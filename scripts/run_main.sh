@@ -7,7 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # our recipes/ ahead of torchtune's own
 PY=.venv/bin/python
 TUNE=.venv/bin/tune
 $PY -m jsd_loss.prepare teacher --output-dir models/smollm2-135m-instruct
@@ -18,13 +17,13 @@ for loss in jsd kl; do
   if [ -d "$out/final" ]; then
     echo "$out/final exists: the $loss distillation is already done"
   else
-    $TUNE run recipes/jsd_distill_single_device.py \
+    $TUNE run jsd_loss/recipes/jsd_distill_single_device.py \
         --config configs/smollm2/135M_to_90M_${loss}_quick.yaml overwrite_output=True "$@"
   fi
 done
 if [ -f outputs/eval_quick/report.md ]; then
   echo "outputs/eval_quick/report.md exists: evaluation already done"
 else
-  $TUNE run recipes/eval_distill.py --config configs/smollm2/eval_distill.yaml
+  $TUNE run jsd_loss/recipes/eval_distill.py --config configs/smollm2/eval_distill.yaml
 fi
 echo "students: outputs/135M_to_90M_{jsd,kl}_quick/final (HF format); report: outputs/eval_quick/report.md"

@@ -125,8 +125,20 @@ def tiny_config(tmp_path: Path, teacher: Path, student: Path, **overrides) -> Pa
     return path
 
 
-def tune_run(config: Path, *args: str, recipe="recipes/jsd_distill_single_device.py", check=True):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+# recipes run by their path in the package, with no PYTHONPATH (see jsd_loss/recipes/__init__.py)
+SINGLE_DEVICE = "jsd_loss/recipes/jsd_distill_single_device.py"
+DISTRIBUTED = "jsd_loss/recipes/jsd_distill_distributed.py"
+EVAL = "jsd_loss/recipes/eval_distill.py"
+
+
+def clean_env(**extra: str) -> dict:
+    """This process's environment without PYTHONPATH: the recipes must not need it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, **extra}
+
+
+def tune_run(config: Path, *args: str, recipe=SINGLE_DEVICE, check=True):
+    env = clean_env()
     proc = subprocess.run(
         [sys.executable, "-m", "torchtune._cli.tune", "run", recipe, "--config", str(config), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,

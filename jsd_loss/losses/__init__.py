@@ -13,8 +13,10 @@ from jsd_loss.losses._fused_linear import (
     FusedLinearJSDistillLoss,
     FusedLinearKLDistillLoss,
 )
+from jsd_loss.losses._interface import FusedLinearDistillLoss
 
 __all__ = [
+    "FusedLinearDistillLoss",
     "FusedLinearJSDistillLoss",
     "FusedLinearKLDistillLoss",
     "JSDistillLoss",

@@ -11,13 +11,13 @@ from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from jsd_loss.losses._functional import (
     _check_args,
     generalized_jsd_and_grad,
     kl_direction_to_beta,
 )
+from jsd_loss.losses._interface import FusedLinearDistillLoss
 
 
 def _ce_and_grad(
@@ -122,7 +122,7 @@ class _FusedLinearDistillFunction(torch.autograd.Function):
         )
 
 
-class _FusedLinearDivergenceLoss(nn.Module):
+class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
     def __init__(
         self,
         beta: float,

@@ -1,3 +1,69 @@
-from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
+"""What the recipes share: model and adapter setup, model shapes against checkpoints, input
+and config-key checks, data loading, the KD step, run directories and checkpoints, saving by
+model family, peak memory, metric logging."""
 
-__all__ = ["JSONLMetricLogger", "read_metrics"]
+from jsd_loss.training._checkpoint import (
+    RECIPE_STATE,
+    earlier_run,
+    latest_checkpoint,
+    merged_hf_state_dict,
+    refuse_earlier_run,
+    write_checkpoint,
+)
+from jsd_loss.training._config_keys import NOT_IMPLEMENTED, SHARDING_ONLY, refuse_unimplemented
+from jsd_loss.training._data import build_dataloader, steps_per_epoch
+from jsd_loss.training._families import LLAMA_LAYOUT, hf_converter
+from jsd_loss.training._inputs import check_checkpoints, check_models_agree
+from jsd_loss.training._kd_step import KDLosses, hidden_state_output, kd_step, output_weight, setup_losses
+from jsd_loss.training._memory import peak_memory_gib, reset_peak_memory
+from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
+from jsd_loss.training._models import (
+    LoRA,
+    build_model,
+    checked_meta_model,
+    init_adapters,
+    load_in_place,
+    num_trainable,
+    setup_student,
+    setup_teacher,
+)
+from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_shape, model_shape
+
+__all__ = [
+    "JSONLMetricLogger",
+    "KDLosses",
+    "LLAMA_LAYOUT",
+    "LoRA",
+    "NOT_IMPLEMENTED",
+    "RECIPE_STATE",
+    "SHAPE_KEYS",
+    "SHARDING_ONLY",
+    "build_dataloader",
+    "build_model",
+    "check_checkpoints",
+    "check_model_shape",
+    "checked_meta_model",
+    "check_models_agree",
+    "earlier_run",
+    "hf_config_shape",
+    "hf_converter",
+    "hidden_state_output",
+    "init_adapters",
+    "kd_step",
+    "latest_checkpoint",
+    "load_in_place",
+    "merged_hf_state_dict",
+    "model_shape",
+    "num_trainable",
+    "output_weight",
+    "peak_memory_gib",
+    "read_metrics",
+    "refuse_earlier_run",
+    "refuse_unimplemented",
+    "reset_peak_memory",
+    "setup_losses",
+    "setup_student",
+    "setup_teacher",
+    "steps_per_epoch",
+    "write_checkpoint",
+]

@@ -5,18 +5,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO, write_tiny_hf_dir
-from tests.conftest import tune_run
-
-ROWS = [
-    {"instruction": "What is the capital of France?", "context": "", "response": "Paris.", "category": "open_qa"},
-    {"instruction": "Summarize.", "context": "The cat sat on the mat all day.", "response": "A cat sat.",
-     "category": "summarization"},
-    {"instruction": "Name a colour.", "context": "", "response": "Blue", "category": "open_qa"},
-    {"instruction": "Extract the year.", "context": "It opened in 1889.", "response": "1889",
-     "category": "information_extraction"},
-    {"instruction": "Say hi", "context": "", "response": "Hi there!", "category": "open_qa"},
-]
+from tests.conftest import EVAL, REPO, tune_run, write_tiny_hf_dir
+from tests.jsd_loss.eval.conftest import ROWS
 
 
 def _log(path, losses):
@@ -65,7 +55,7 @@ def _config(root, teacher, students, data, out, **overrides):
 def test_report_numbers_come_from_results_json(tmp_path, setup_dirs):
     root, teacher, students, data = setup_dirs
     out = tmp_path / "report"
-    tune_run(_config(root, teacher, students, data, out), recipe="recipes/eval_distill.py")
+    tune_run(_config(root, teacher, students, data, out), recipe=EVAL)
     results = json.loads((out / "results.json").read_text())
     assert results["examples"] == 5
     assert {p.name for p in out.iterdir()} >= {"report.md", "results.json", "loss_curves.png", "metrics.png"}
@@ -129,18 +119,11 @@ def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
         ({"student_list": [{"name": "x", "checkpoint_dir": str(students[0]), "log_dir": str(tmp_path / "nolog")}]},
          "no training metrics"),
         ({"dataset.response_field": "answer"}, "lacks the field 'answer'"),
+        ({"dataset.respones_field": "answer"}, "dataset: unknown keys ['respones_field']"),
     ]
     for i, (overrides, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
         proc = tune_run(_config(root, teacher, students, data, out, **overrides),
-                        recipe="recipes/eval_distill.py", check=False)
+                        recipe=EVAL, check=False)
         assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-1500:])
         assert not out.exists()
-
-
-def test_eval_subset_covers_every_category():
-    from recipes.eval_distill import _round_robin_by_category
-
-    picked = _round_robin_by_category(ROWS, 3)
-    assert [r["category"] for r in picked] == ["open_qa", "summarization", "information_extraction"]
-    assert _round_robin_by_category(ROWS, 10) == [ROWS[i] for i in (0, 1, 3, 2, 4)]

@@ -1,6 +1,5 @@
 """`tune run --nproc_per_node 2` with FSDP2 on CPU (gloo) on tiny models."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -10,15 +9,14 @@ import pytest
 import torch
 
 from jsd_loss.checkpointing import load_state_dict
-from tests.conftest import REPO, TINY, metrics, tiny_config, tune_run
+from tests.conftest import DISTRIBUTED, REPO, TINY, TINY_MODEL, clean_env, metrics, tiny_config, tune_run
 
 
 def tune_run_distributed(config, *args, nproc=2, check=True):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", str(nproc),
-         "recipes/jsd_distill_distributed.py", "--config", str(config), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+         DISTRIBUTED, "--config", str(config), *args],
+        cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"distributed run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -62,6 +60,15 @@ def test_a_failing_start_gives_a_clear_error_and_no_checkpoint(tmp_path, tiny_di
     assert not (tmp_path / "out").exists() or not [
         p for p in (tmp_path / "out").iterdir() if p.name.startswith(("step_", "final"))
     ]
+
+
+def test_a_teacher_config_of_another_shape_is_refused_before_anything_loads(tmp_path, tiny_dirs):
+    cfg = tiny_config(tmp_path, *tiny_dirs, teacher_model={**TINY_MODEL, "num_layers": 3})
+    proc = tune_run_distributed(cfg, check=False)
+    assert proc.returncode != 0
+    assert ("the teacher model config does not build the model of its checkpoint (num_layers 3 vs 2): the config "
+            "builds num_layers=3,") in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_one_rank_failing_at_start_stops_all_and_keeps_the_earlier_run(tmp_path, tiny_dirs):

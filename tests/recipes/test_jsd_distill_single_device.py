@@ -1,7 +1,6 @@
 """`tune run` end to end on tiny random SmolLM2-architecture models with the real tokenizer."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaForCausalLM
 
-from tests.conftest import DOLLY, QUICK, REPO, TINY, TINY_MODEL, metrics, tiny_config, tune_run, write_tiny_hf_dir
+from tests.conftest import (
+    DOLLY, QUICK, REPO, SINGLE_DEVICE, TINY, TINY_MODEL, clean_env, metrics, tiny_config, tune_run, write_tiny_hf_dir,
+)
 
 def test_loss_falls_when_overfitting_one_batch(tmp_path, tiny_dirs):
     cfg = tiny_config(tmp_path, *tiny_dirs, **{
@@ -59,10 +60,9 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, tiny_dirs):
     run_dir = tmp_path / "killed"
     run_dir.mkdir()
     cfg = tiny_config(run_dir, *tiny_dirs, **overrides)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torchtune._cli.tune", "run", "recipes/jsd_distill_single_device.py",
-         "--config", str(cfg)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "torchtune._cli.tune", "run", SINGLE_DEVICE,
+         "--config", str(cfg)], cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     out = run_dir / "out"
     deadline = time.time() + 300
@@ -132,6 +132,9 @@ def test_lora_student(tmp_path, tiny_dirs):
 def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir):
     teacher, student = tiny_dirs
     other_vocab = write_tiny_hf_dir(tmp_path / "other_vocab", vocab_size=49153)
+    untied = write_tiny_hf_dir(tmp_path / "untied", tokenizer_from=teacher_dir)
+    hf_cfg = json.loads((untied / "config.json").read_text())
+    (untied / "config.json").write_text(json.dumps({**hf_cfg, "tie_word_embeddings": False}))
     bad_rows = tmp_path / "bad.jsonl"
     bad_rows.write_text(json.dumps({"instruction": "hi", "context": "", "response": "x", "category": "open_qa"})
                         + "\n" + json.dumps({"instruction": "hi", "context": ""}) + "\n")
@@ -141,6 +144,11 @@ def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir
         ({"dataset.source": str(bad_rows)}, "row 2 lacks the field 'response'"),
         ({"dataset.source": str(tmp_path / "none.jsonl")}, "dataset file not found"),
         ({"kd_ratio": 1.5}, "kd_ratio must be in [0, 1]"),
+        # stock keys that are not implemented, and students that could not be saved
+        ({"compile": True}, "compile=True is not supported by this recipe"),
+        ({"profiler": {"enabled": True}}, "profiler={'enabled': True} is not supported by this recipe"),
+        ({"checkpointer.model_type": "QWEN2"}, "cannot save a checkpointer.model_type=QWEN2 student"),
+        ({"student_dir": str(untied)}, "cannot save an untied student"),
     ]
     for i, (overrides, message) in enumerate(cases):
         d = tmp_path / f"case{i}"
@@ -148,6 +156,37 @@ def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir
         proc = tune_run(tiny_config(d, teacher, student, **overrides), check=False)
         assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-2000:])
         assert not list((d / "out").glob("step_*")) and not (d / "out" / "final").exists()
+
+
+BUILT = "num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=1, head_dim=8, intermediate_dim=48, vocab=49152"
+DESCRIBED = "num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_dim=64, vocab=49152"
+
+
+@pytest.mark.parametrize("key", ["model", "teacher_model"])
+def test_a_model_config_of_another_shape_is_refused_before_anything_loads(tmp_path, tiny_dirs, key):
+    """A config built for another pruning (MLP 48 wide, one KV head) against the tiny checkpoint."""
+    cfg = tiny_config(tmp_path, *tiny_dirs, **{key: {**TINY_MODEL, "intermediate_dim": 48, "num_kv_heads": 1}})
+    proc = tune_run(cfg, check=False)
+    out = proc.stdout + proc.stderr
+    who, ckpt = ("student", tiny_dirs[1]) if key == "model" else ("teacher", tiny_dirs[0])
+    assert proc.returncode != 0
+    assert (f"the {who} model config does not build the model of its checkpoint (num_kv_heads 1 vs 2; "
+            f"intermediate_dim 48 vs 64): the config builds {BUILT}; {ckpt}/config.json describes {DESCRIBED}") in out
+    assert "Loss is initialized" not in out and not (tmp_path / "out").exists()
+
+
+def test_checkpoints_go_to_the_checkpointers_output_dir(tmp_path, tiny_dirs):
+    ckpts = tmp_path / "ckpts"
+    cfg = tiny_config(tmp_path, *tiny_dirs, **{"checkpointer.output_dir": str(ckpts), "max_steps_per_epoch": 2,
+                                               "log_peak_memory_stats": False})
+    tune_run(cfg)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["final", "step_2"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["logs"]
+    m = metrics(tmp_path / "out")
+    assert len(m) == 2 and "peak_memory_gib" not in m[0] and "tokens_per_second" in m[0]
+    LlamaForCausalLM.from_pretrained(str(ckpts / "final"))
+    proc = tune_run(cfg, check=False)  # the earlier run is looked for there too
+    assert proc.returncode != 0 and f"{ckpts} already holds a run (final, step_2)" in proc.stderr + proc.stdout
 
 
 def test_an_earlier_run_is_never_overwritten_silently(tmp_path, tiny_dirs):

@@ -1,0 +1,131 @@
+"""Post-run evaluation: score distilled students against each other and the teacher.
+
+    tune run jsd_loss/recipes/eval_distill.py --config configs/smollm2/eval_distill.yaml
+
+For every model (teacher and each named student; several runs of one name are seeds), on
+the same eval prompts: ROUGE-1/2/L (rouge-score, stemming), SQuAD token F1 and exact
+match against the references, per category; agreement with the teacher (ROUGE-L of the
+outputs, next-token top-1 agreement on the reference responses); NLL and perplexity of
+the references. From each student's training log: final loss, convergence step (within
+5% of final), tail loss variance; spread across seeds; relative differences against the
+baseline student, and a paired bootstrap over prompts of the ROUGE-L / F1 differences.
+Writes ``report.md``, ``results.json`` and PNG plots to ``output_dir``. The work itself is
+the library ``jsd_loss.eval``; this recipe checks the inputs and strings it together.
+"""
+
+import inspect
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchtune import config, training, utils
+
+from jsd_loss.checkpointing import read_config
+from jsd_loss.eval import (
+    greedy_generate,
+    load_examples,
+    load_model,
+    render_report,
+    score_model,
+    summarise,
+    teacher_forced,
+    write_plots,
+)
+from jsd_loss.training import read_metrics
+
+log = utils.get_logger("INFO")
+
+
+class EvalDistillRecipe:
+    """Scores a teacher and named students on one eval set; see the module docstring.
+
+    Args:
+        cfg (DictConfig): the parsed eval config.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self._cfg = cfg
+        self._device = utils.get_device(device=cfg.get("device", "cpu"))
+        self._dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self._device)
+        self._output_dir = Path(cfg.output_dir)
+        self._gen = cfg.get("generation", {})
+        training.set_seed(cfg.get("seed", 0))
+
+    def setup(self) -> None:
+        """Every input is checked here, before any model is loaded or text generated."""
+        cfg = self._cfg
+        self._teacher = {"name": cfg.teacher.get("name", "teacher"), "checkpoint_dir": cfg.teacher.checkpoint_dir}
+        teacher_vocab = read_config(Path(self._teacher["checkpoint_dir"]))["vocab_size"]
+        if not cfg.students:
+            raise ValueError("no students to evaluate: `students` is empty")
+        self._runs = []
+        for s in cfg.students:
+            vocab = read_config(Path(s.checkpoint_dir))["vocab_size"]
+            if vocab != teacher_vocab:
+                raise ValueError(
+                    f"student {s.name!r} ({s.checkpoint_dir}) has vocab_size {vocab}, the teacher {teacher_vocab}"
+                )
+            records = read_metrics(s.log_dir) if s.get("log_dir") else None
+            if records is not None and not records:
+                raise ValueError(f"training log {s.log_dir} of student {s.name!r} holds no metrics")
+            self._runs.append({"name": s.name, "checkpoint_dir": s.checkpoint_dir, "records": records})
+        names = list(dict.fromkeys(r["name"] for r in self._runs))
+        self._baseline = cfg.get("baseline", names[-1])
+        if self._baseline not in names:
+            raise ValueError(f"baseline {self._baseline!r} is not one of the students {names}")
+        self._tokenizer = config.instantiate(cfg.tokenizer)
+        dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+        unknown = sorted(set(dataset) - set(inspect.signature(load_examples).parameters))
+        if unknown:
+            raise ValueError(f"dataset: unknown keys {unknown} (see jsd_loss.eval.load_examples for the known ones)")
+        self._examples = load_examples(**dataset)
+
+    def _run_model(self, checkpoint_dir: str, name: str) -> Dict[str, List]:
+        """Greedy outputs and teacher-forced predictions of one model (freed afterwards)."""
+        model = load_model(checkpoint_dir, self._dtype, self._device)
+        outputs = greedy_generate(
+            model, self._tokenizer, self._examples, device=self._device, dtype=self._dtype,
+            batch_size=int(self._gen.get("batch_size", 8)), max_new_tokens=int(self._gen.get("max_new_tokens", 64)),
+            max_prompt_tokens=int(self._gen.get("max_prompt_tokens", 512)), desc=f"generate {name}",
+        )
+        return {"outputs": outputs, "tf": teacher_forced(model, self._tokenizer, self._examples, self._device)}
+
+    def evaluate(self) -> Dict[str, Any]:
+        teacher = {**self._teacher, "role": "teacher", "records": None,
+                   **self._run_model(self._teacher["checkpoint_dir"], self._teacher["name"])}
+        models = [teacher] + [{**run, "role": "student", **self._run_model(run["checkpoint_dir"], run["name"])}
+                              for run in self._runs]
+        tol = float(self._cfg.get("convergence_tolerance", 0.05))
+        frac = float(self._cfg.get("variance_last_fraction", 0.25))
+        results = {
+            "models": [score_model(m, teacher["outputs"], teacher["tf"], self._examples, tol, frac) for m in models],
+            "examples": len(self._examples),
+        }
+        results["summary"] = summarise(results["models"], self._baseline, seed=int(self._cfg.get("seed", 0)))
+        results["config"] = OmegaConf.to_container(self._cfg, resolve=True)
+        results["versions"] = {"python": platform.python_version(), "torch": torch.__version__,
+                               "torchtune": __import__("torchtune").__version__}
+        return results
+
+    def write(self, results: Dict[str, Any]) -> None:
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        (self._output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_plots(results, self._output_dir)
+        (self._output_dir / "report.md").write_text(render_report(results, self._baseline))
+        log.info(f"Wrote report.md, results.json and plots to {self._output_dir}")
+
+
+@config.parse
+def recipe_main(cfg: DictConfig) -> None:
+    config.log_config(recipe_name="EvalDistillRecipe", cfg=cfg)
+    recipe = EvalDistillRecipe(cfg)
+    recipe.setup()
+    recipe.write(recipe.evaluate())
+
+
+if __name__ == "__main__":
+    sys.exit(recipe_main())

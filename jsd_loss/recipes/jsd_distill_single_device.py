@@ -1,0 +1,405 @@
+# Forked from torchtune 0.6.1 recipes/knowledge_distillation_single_device.py
+# (Copyright (c) Meta Platforms, Inc. and affiliates; BSD-style license).
+#
+#   tune run jsd_loss/recipes/jsd_distill_single_device.py --config configs/smollm2/...
+#
+# What the fork changes, and why:
+#   - full-parameter students (the default; a pruned student needs it) as well as LoRA;
+#     student and teacher setup (adapters, weights) is jsd_loss.training's, shared with the
+#     distributed recipe;
+#   - CPU training (the stock recipe refuses it), peak RSS logged on CPU
+#     (log_peak_memory_stats defaults to True);
+#   - any KD loss from config: torchtune's, ours (JSD, true KL), chunked or not, and
+#     fused-linear losses (declared by jsd_loss.losses.FusedLinearDistillLoss), which
+#     receive hidden states and output weights, not logits;
+#   - input checks before any compute: checkpoint dirs, teacher/student vocab and tokenizer,
+#     each model config's shape against its checkpoint's config.json (built on meta, before
+#     any weights load), whether the student can be saved, dataset rows (the dataset builder
+#     validates every row);
+#     stock keys it does not implement (compile, profiler, activation offloading, ...) are
+#     refused when they ask for something;
+#   - gradients are the token-weighted mean over the whole accumulated step (the stock
+#     recipe backpropagates per-batch means and then divides by the token count again);
+#   - HF-format student checkpoints (LoRA merged) every ``save_every_n_steps`` and at the
+#     end, in the checkpointer's output_dir, written atomically by the converter of the model
+#     family (checkpointer.model_type, or hf_converter), with optimizer/dataloader/RNG state
+#     for an exact mid-epoch resume; an earlier run there is never replaced silently.
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torchtune import config, training, utils
+from torchtune.recipe_interfaces import FTRecipeInterface
+from tqdm import tqdm
+
+from jsd_loss.training import (
+    NOT_IMPLEMENTED,
+    SHARDING_ONLY,
+    build_dataloader,
+    check_checkpoints,
+    check_models_agree,
+    checked_meta_model,
+    hf_converter,
+    kd_step,
+    latest_checkpoint,
+    merged_hf_state_dict,
+    num_trainable,
+    output_weight,
+    peak_memory_gib,
+    refuse_earlier_run,
+    refuse_unimplemented,
+    reset_peak_memory,
+    setup_losses,
+    setup_student,
+    setup_teacher,
+    steps_per_epoch,
+    write_checkpoint,
+)
+
+log = utils.get_logger("INFO")
+
+
+class KDRecipeSingleDevice(FTRecipeInterface):
+    """
+    Knowledge distillation on one device (CPU or CUDA), full-parameter or LoRA student,
+    with any KD loss from config (see the header of this file for the changes to
+    torchtune's recipe).
+
+    The per-step objective is ``(1 - kd_ratio) * CE + kd_ratio * KD`` with both terms
+    averaged over all unmasked tokens of the (accumulated) step.
+
+    Args:
+        cfg (DictConfig): OmegaConf object parsed from yaml file
+
+    Raises:
+        ValueError: If ``dtype`` is set to fp16.
+    """
+
+    # stock config keys this recipe refuses when they ask for something (the distributed
+    # recipe implements the sharding ones)
+    _not_implemented = {**NOT_IMPLEMENTED, **SHARDING_ONLY}
+
+    def __init__(self, cfg: DictConfig) -> None:
+        refuse_unimplemented(cfg, self._not_implemented)
+        self._device = utils.get_device(device=cfg.device)
+        self._dtype = training.get_dtype(cfg.dtype, device=self._device)
+        if self._dtype == torch.float16:
+            raise ValueError("fp16 precision is not supported in this recipe. Please use fp32 or bf16.")
+
+        # checkpoints go where the checkpointer says (its output_dir), as in the stock recipe
+        self._output_dir = Path(cfg.checkpointer.get("output_dir", cfg.output_dir))
+        self._log_every_n_steps = cfg.get("log_every_n_steps", 1)
+        self._log_peak_memory_stats = cfg.get("log_peak_memory_stats", True)
+        self._save_every_n_steps = cfg.get("save_every_n_steps", None)
+        self.seed = training.set_seed(seed=cfg.seed, debug_mode=cfg.get("cudnn_deterministic_mode", None))
+        self.epochs_run = 0
+        self.total_epochs = cfg.epochs
+        self.max_steps_per_epoch = cfg.max_steps_per_epoch
+        self.global_step = 0
+        self._resume_from_checkpoint = cfg.get("resume_from_checkpoint", False)
+        self._gradient_accumulation_steps = cfg.gradient_accumulation_steps
+        self._clip_grad_norm = cfg.get("clip_grad_norm", None)
+        self._kd_ratio = cfg.get("kd_ratio", 0.5)
+        # single process; the distributed recipe overrides these
+        self.world_size, self.rank, self._is_rank_zero = 1, 0, True
+        if not 0.0 <= self._kd_ratio <= 1.0:
+            raise ValueError(f"kd_ratio must be in [0, 1], got {self._kd_ratio}")
+
+    # ------------------------------------------------------------------ checks
+
+    def _validate_inputs(self, cfg: DictConfig) -> None:
+        """Cheap checks that must fail before any model is built or data tokenized."""
+        self._student_hf_config, teacher_hf_config = check_checkpoints(cfg.checkpointer, cfg.teacher_checkpointer)
+        self._student_dir = Path(cfg.checkpointer.checkpoint_dir)
+        # the models as their configs build them, on meta (no memory, no weights read): of
+        # their checkpoints' shapes, and a student that saving can convert
+        student = checked_meta_model(cfg.model, self._dtype, self._student_hf_config, "student", self._student_dir)
+        checked_meta_model(cfg.teacher_model, self._dtype, teacher_hf_config, "teacher",
+                           Path(cfg.teacher_checkpointer.checkpoint_dir))
+        self._to_hf = hf_converter(cfg.checkpointer, self._student_hf_config, student, cfg.get("hf_converter"))
+        # removed once setup has succeeded
+        self._replaced_run = refuse_earlier_run(
+            self._output_dir, self._resume_from_checkpoint, cfg.get("overwrite_output", False)
+        )
+
+    def _start_output(self, cfg: DictConfig) -> None:
+        """The point of no return, reached only when setup has succeeded: the run being
+        replaced is removed, the config logged and a fresh metrics log started (a resumed run
+        keeps its records up to the checkpoint)."""
+        if self._is_rank_zero:
+            for name in self._replaced_run:
+                shutil.rmtree(self._output_dir / name)
+            self._metric_logger.log_config(cfg)
+        self._metric_logger_truncate(self.global_step)
+        self._barrier()
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, cfg: DictConfig) -> None:
+        """Cheap checks, tokenizer, losses and data (every row validated) come before the
+        models are loaded, so bad input fails in seconds."""
+        self._validate_inputs(cfg)
+        self._metric_logger = config.instantiate(cfg.metric_logger)
+        self._tokenizer = config.instantiate(cfg.tokenizer)
+
+        # fused-linear KD losses take hidden states and output weights instead of logits
+        self._losses = setup_losses(cfg.loss, cfg.kd_loss)
+        self._fused_kd = self._losses.fused
+        log.info("Loss is initialized.")
+
+        resume_state = self._latest_checkpoint() if self._resume_from_checkpoint else None
+        mid_epoch = resume_state is not None and resume_state["state"]["steps_done_this_epoch"] > 0
+        self._dataloader = build_dataloader(
+            cfg.dataset, self._tokenizer, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=self.seed,
+            ignore_index=self._losses.ignore_index, world_size=self.world_size, rank=self.rank,
+            state_dict=resume_state["state"][training.DATALOADER_KEY] if mid_epoch else None,
+        )
+        self._steps_per_epoch = steps_per_epoch(
+            len(self._dataloader), cfg.batch_size, self._gradient_accumulation_steps, self.max_steps_per_epoch
+        )
+
+        checkpoint_dict = self._load_student_checkpoint(cfg.checkpointer, resume_state)
+        teacher_checkpoint_dict = config.instantiate(cfg.teacher_checkpointer).load_checkpoint()
+        self._model = self._setup_model(
+            cfg_model=cfg.model,
+            enable_activation_checkpointing=cfg.get("enable_activation_checkpointing", False),
+            model_state_dict=checkpoint_dict[training.MODEL_KEY],
+        )
+        self._teacher_model = self._setup_teacher_model(
+            model_cfg=cfg.teacher_model,
+            model_state_dict=teacher_checkpoint_dict[training.MODEL_KEY],
+        )
+        check_models_agree(self._model, self._teacher_model, self._tokenizer)
+        if not self._fused_kd and self._losses.num_output_chunks:
+            self._model.set_num_output_chunks(self._losses.num_output_chunks)
+            self._teacher_model.set_num_output_chunks(self._losses.num_output_chunks)
+
+        self._optimizer = config.instantiate(cfg.optimizer, [p for p in self._model.parameters() if p.requires_grad])
+        if resume_state is not None:
+            self._load_optimizer_state_dict(resume_state["state"][training.OPT_KEY])
+        self._lr_scheduler = config.instantiate(
+            cfg.lr_scheduler, self._optimizer,
+            num_training_steps=self.total_epochs * self._steps_per_epoch, last_epoch=self.global_step - 1,
+        )
+        if resume_state is not None:
+            torch.set_rng_state(resume_state["state"]["rng_state"])
+
+        self.ignore_labels_cache = torch.full((cfg.batch_size, 1), self._losses.ignore_index, device=self._device)
+        self._start_output(cfg)
+
+    def _latest_checkpoint(self) -> Optional[Dict[str, Any]]:
+        path, state = latest_checkpoint(self._output_dir, self.seed)
+        self.global_step = state["global_step"]
+        self.epochs_run = state[training.EPOCHS_KEY]
+        log.info(f"Resuming from {path} (step {self.global_step}).")
+        return {"dir": path, "state": state}
+
+    def _load_student_checkpoint(self, cfg_checkpointer: DictConfig, resume_state) -> Dict[str, Any]:
+        if resume_state is not None:
+            cfg_checkpointer = DictConfig({**cfg_checkpointer, "checkpoint_dir": str(resume_state["dir"])})
+        return config.instantiate(cfg_checkpointer).load_checkpoint()
+
+    def _metric_logger_truncate(self, step: int) -> None:
+        if self._is_rank_zero and hasattr(self._metric_logger, "truncate_after"):
+            self._metric_logger.truncate_after(step)
+
+    # how weights reach a model: in place here; the distributed recipe builds on meta, shards
+    # and loads the full state dict
+    _build_on_meta = False
+
+    def _load_weights(self, model: nn.Module, state_dict: Dict[str, Any], strict: bool) -> Tuple[List[str], List[str]]:
+        return model.load_state_dict(state_dict, strict=strict)
+
+    def _check_model(self, model: nn.Module) -> None:
+        training.validate_expected_param_dtype(model.named_parameters(), dtype=self._dtype)
+
+    def _setup_model(
+        self, cfg_model: DictConfig, enable_activation_checkpointing: bool, model_state_dict: Dict[str, Any]
+    ) -> nn.Module:
+        model, self._lora = setup_student(
+            cfg_model, model_state_dict, device=self._device, dtype=self._dtype, seed=self.seed,
+            activation_checkpointing=enable_activation_checkpointing, on_meta=self._build_on_meta,
+            load=self._load_weights,
+        )
+        self._check_model(model)
+        utils.log_rank_zero(
+            log,
+            f"Student model ({'LoRA' if self._lora else 'full-parameter'}, {num_trainable(model):,} trainable "
+            f"parameters) is initialized with precision {self._dtype}.",
+        )
+        self._barrier()
+        return model
+
+    def _setup_teacher_model(self, model_cfg: DictConfig, model_state_dict: Dict[str, Any]) -> nn.Module:
+        model = setup_teacher(
+            model_cfg, model_state_dict, device=self._device, dtype=self._dtype, on_meta=self._build_on_meta,
+            load=self._load_weights,
+        )
+        self._check_model(model)
+        utils.log_rank_zero(log, f"Teacher model is initialized with precision {self._dtype}.")
+        self._barrier()
+        return model
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _full_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The student's full state dict on CPU (on rank 0; empty elsewhere)."""
+        return {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
+
+    def _optimizer_state_dict(self) -> Dict[str, Any]:
+        return self._optimizer.state_dict()
+
+    def _load_optimizer_state_dict(self, state: Dict[str, Any]) -> None:
+        self._optimizer.load_state_dict(state)
+
+    def _barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in one process)."""
+
+    def save_checkpoint(self, name: str, with_recipe_state: bool) -> Path:
+        """Write ``output_dir/<name>`` as a standard HF model directory, atomically."""
+        target = self._output_dir / name
+        state_dict = self._full_state_dict()
+        opt_state = self._optimizer_state_dict() if with_recipe_state else None
+        if self._is_rank_zero:
+            recipe_state = {
+                training.OPT_KEY: opt_state,
+                training.DATALOADER_KEY: self._dataloader.state_dict(),
+                training.SEED_KEY: self.seed,
+                training.EPOCHS_KEY: self.epochs_run,
+                "global_step": self.global_step,
+                "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
+                "rng_state": torch.get_rng_state(),
+                "world_size": self.world_size,
+            } if with_recipe_state else None
+            hf_state = merged_hf_state_dict(state_dict, self._lora, self._to_hf)
+            write_checkpoint(target, hf_state, self._student_hf_config, self._student_dir, recipe_state)
+            log.info(f"Saved {'checkpoint' if with_recipe_state else 'model'} to {target}")
+        self._barrier()
+        return target
+
+    # ------------------------------------------------------------------ training
+
+    _output_weight = staticmethod(output_weight)
+
+    def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        labels = batch["labels"]
+        # Shift labels: position t predicts token t + 1
+        labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
+        return kd_step(
+            self._model, self._teacher_model, batch["tokens"], labels, self._losses, dtype=self._dtype,
+            mask=batch.get("mask", None), input_pos=batch.get("input_pos", None), weight_of=self._output_weight,
+        )
+
+    # the number the summed per-token loss gradients are multiplied by before dividing by
+    # the step's token count; FSDP2 averages gradients over ranks, so the distributed
+    # recipe sets it to the world size
+    _grad_scale_numerator = 1.0
+
+    def _reduce_step_stats(self, num_tokens, class_loss_sum, kd_loss_sum):
+        """Token count and summed losses of the whole step (all ranks in the distributed recipe)."""
+        return num_tokens, class_loss_sum, kd_loss_sum
+
+    def train(self) -> None:
+        reset_peak_memory(self._device)
+        t0 = time.perf_counter()
+        running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
+        self._model.train()
+        steps_done_this_epoch = self.global_step - self.epochs_run * self._steps_per_epoch
+        for curr_epoch in range(self.epochs_run, self.total_epochs):
+            pbar = tqdm(total=self._steps_per_epoch, initial=steps_done_this_epoch,
+                        disable=None if self._is_rank_zero else True)
+            self._dataloader.sampler.set_epoch(curr_epoch)
+            start = steps_done_this_epoch * self._gradient_accumulation_steps
+            for idx, batch in enumerate(self._dataloader, start=start):
+                batch = {k: v.to(self._device) for k, v in batch.items()}
+                current_num_tokens = (batch["labels"][..., 1:] != self._losses.ignore_index).sum()
+                class_loss, kd_loss = self._loss_step(batch)
+                # token-weighted: the step's gradient is the mean over all its tokens
+                current_loss = (1 - self._kd_ratio) * class_loss + self._kd_ratio * kd_loss
+                (current_loss * current_num_tokens).backward()
+                running_class_loss += class_loss.detach() * current_num_tokens
+                running_kd_loss += kd_loss.detach() * current_num_tokens
+                num_tokens += current_num_tokens
+
+                if (idx + 1) % self._gradient_accumulation_steps == 0:
+                    num_tokens, running_class_loss, running_kd_loss = self._reduce_step_stats(
+                        num_tokens, running_class_loss, running_kd_loss
+                    )
+                    denom = max(int(num_tokens), 1)
+                    training.scale_grads(self._model, torch.tensor(self._grad_scale_numerator / denom))
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        [p for p in self._model.parameters() if p.requires_grad],
+                        max_norm=float(self._clip_grad_norm) if self._clip_grad_norm is not None else float("inf"),
+                    )
+                    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                        grad_norm = grad_norm.full_tensor()
+                    self._optimizer.step()
+                    self._optimizer.zero_grad(set_to_none=True)
+                    self._lr_scheduler.step()
+                    self.global_step += 1
+
+                    class_loss_to_log = float(running_class_loss) / denom
+                    kd_loss_to_log = float(running_kd_loss) / denom
+                    loss_to_log = (1 - self._kd_ratio) * class_loss_to_log + self._kd_ratio * kd_loss_to_log
+                    if self._is_rank_zero:
+                        pbar.update(1)
+                        pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log:.4f}")
+                    if not (torch.isfinite(torch.tensor(loss_to_log))):
+                        raise RuntimeError(f"non-finite loss {loss_to_log} at step {self.global_step}")
+
+                    if self._is_rank_zero and self.global_step % self._log_every_n_steps == 0:
+                        time_per_step = time.perf_counter() - t0
+                        log_dict = {
+                            "loss": loss_to_log,
+                            "class_loss": class_loss_to_log,
+                            "kd_loss": kd_loss_to_log,
+                            "lr": self._optimizer.param_groups[0]["lr"],
+                            "grad_norm": grad_norm,
+                            "tokens_per_second": int(num_tokens) / time_per_step,
+                            "epoch": curr_epoch,
+                        }
+                        if self._log_peak_memory_stats:
+                            log_dict["peak_memory_gib"] = peak_memory_gib(self._device)
+                        self._metric_logger.log_dict(log_dict, step=self.global_step)
+                    running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
+                    t0 = time.perf_counter()
+
+                    last_step = (idx + 1) // self._gradient_accumulation_steps == self._steps_per_epoch
+                    if last_step:
+                        self.epochs_run += 1
+                    if self._save_every_n_steps and self.global_step % self._save_every_n_steps == 0:
+                        self.save_checkpoint(f"step_{self.global_step}", with_recipe_state=True)
+                    if last_step:
+                        break
+            pbar.close()
+            steps_done_this_epoch = 0
+        self.save_checkpoint("final", with_recipe_state=False)
+
+    def cleanup(self) -> None:
+        self._metric_logger.close()
+
+
+@config.parse
+def recipe_main(cfg: DictConfig) -> None:
+    """
+    Entry point for the recipe.
+
+    Configurable parameters are read in the following order:
+        - Parameters specified in config (see available configs through ``tune ls``)
+        - Overwritten by arguments from the command-line
+    """
+    config.log_config(recipe_name="KDRecipeSingleDevice", cfg=cfg)
+    recipe = KDRecipeSingleDevice(cfg=cfg)
+    recipe.setup(cfg=cfg)
+    recipe.train()
+    recipe.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(recipe_main())

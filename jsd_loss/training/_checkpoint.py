@@ -1,0 +1,89 @@
+"""Run directories of the distillation recipes: what an earlier run left there, the latest
+step checkpoint to resume from, and checkpoints written as HF model directories (LoRA
+merged), atomically, with the recipe state beside the weights of a step checkpoint."""
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torchtune import training
+from torchtune.modules.peft import get_merged_lora_ckpt
+
+from jsd_loss.checkpointing import atomic_directory, write_model_dir
+from jsd_loss.training._models import LoRA
+
+RECIPE_STATE = "recipe_state.pt"
+
+StateDict = Dict[str, torch.Tensor]
+
+
+def earlier_run(output_dir: Path) -> List[str]:
+    """Names of the checkpoints (``final``, ``step_N``) a run left in ``output_dir``."""
+    return sorted(p.name for p in Path(output_dir).glob("*") if p.name == "final" or p.name.startswith("step_"))
+
+
+def refuse_earlier_run(output_dir: Path, resume: bool, overwrite: bool) -> List[str]:
+    """The earlier run that this one replaces (empty when none, or when resuming it).
+
+    Raises:
+        FileExistsError: if ``output_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+    """
+    previous = earlier_run(output_dir)
+    if not previous or resume:
+        return []
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({', '.join(previous)}); set "
+            "resume_from_checkpoint=True to continue it, overwrite_output=True to replace it, "
+            "or choose another output_dir"
+        )
+    return previous
+
+
+def latest_checkpoint(output_dir: Path, seed: int) -> Tuple[Path, Dict[str, Any]]:
+    """The newest ``step_N`` checkpoint in ``output_dir`` and its recipe state (tensors and
+    plain containers only: loaded with ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: if there is none.
+        ValueError: if it was trained with another seed (the data order would differ).
+    """
+    steps = sorted(
+        (int(p.name.split("_")[1]), p)
+        for p in Path(output_dir).glob("step_*")
+        if p.name.split("_")[1].isdigit() and (p / RECIPE_STATE).is_file()
+    )
+    if not steps:
+        raise FileNotFoundError(
+            f"resume_from_checkpoint=True but {output_dir} has no step_N checkpoint with {RECIPE_STATE}"
+        )
+    path = steps[-1][1]
+    state = torch.load(path / RECIPE_STATE, weights_only=True)
+    if state[training.SEED_KEY] != seed:
+        raise ValueError(f"checkpoint {path} was trained with seed {state[training.SEED_KEY]}, config has {seed}")
+    return path, state
+
+
+def merged_hf_state_dict(
+    state_dict: StateDict, lora: Optional[LoRA], to_hf: Callable[[StateDict], StateDict]
+) -> StateDict:
+    """A torchtune state dict (on CPU) as HF weights: LoRA merged into the base weights
+    (in place), then converted by the model family's ``to_hf``."""
+    if lora is not None:
+        state_dict = get_merged_lora_ckpt(state_dict, rank=lora.rank, alpha=lora.alpha)
+    return to_hf(state_dict)
+
+
+def write_checkpoint(
+    target: Path,
+    hf_state_dict: StateDict,
+    hf_config: dict,
+    copy_from: Path,
+    recipe_state: Optional[Dict[str, Any]] = None,
+) -> None:
+    """Write ``target`` as a HF model directory (tokenizer files copied from ``copy_from``),
+    with ``recipe_state.pt`` when given; atomically, replacing an earlier ``target``."""
+    with atomic_directory(target, overwrite=True) as tmp:
+        write_model_dir(tmp, hf_state_dict, hf_config, copy_from=copy_from)
+        if recipe_state is not None:
+            torch.save(recipe_state, tmp / RECIPE_STATE)

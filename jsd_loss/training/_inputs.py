@@ -1,0 +1,54 @@
+"""Checks of a distillation config's inputs that must fail before any model is built or
+data tokenized, and of the built models against each other and the tokenizer."""
+
+import json
+from pathlib import Path
+from typing import Tuple
+
+from omegaconf import DictConfig
+from torch import nn
+
+from jsd_loss.checkpointing import read_config
+
+
+def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, dict]:
+    """``config.json`` of the student's and the teacher's checkpoint directories, once their
+    checkpoint files exist and the two agree on vocabulary and tokenizer.
+
+    Args:
+        student (DictConfig): the student's checkpointer config (``checkpoint_dir``,
+            ``checkpoint_files``).
+        teacher (DictConfig): the teacher's.
+
+    Returns:
+        Tuple[dict, dict]: the student's and the teacher's ``config.json``.
+    """
+    student_dir, teacher_dir = Path(student.checkpoint_dir), Path(teacher.checkpoint_dir)
+    student_cfg, teacher_cfg = read_config(student_dir), read_config(teacher_dir)
+    for who, ckpt in (("student", student), ("teacher", teacher)):
+        for name in ckpt.get("checkpoint_files", []):
+            if not (Path(ckpt.checkpoint_dir) / name).is_file():
+                raise FileNotFoundError(f"{who} checkpoint file not found: {Path(ckpt.checkpoint_dir) / name}")
+    if student_cfg.get("vocab_size") != teacher_cfg.get("vocab_size"):
+        raise ValueError(
+            f"vocab mismatch: student ({student_dir}) has vocab_size {student_cfg.get('vocab_size')}, "
+            f"teacher ({teacher_dir}) has {teacher_cfg.get('vocab_size')}; distillation compares "
+            "distributions over the same vocabulary"
+        )
+    tok_files = [d / "tokenizer.json" for d in (student_dir, teacher_dir)]
+    if all(f.is_file() for f in tok_files):
+        vocabs = [json.loads(f.read_text())["model"]["vocab"] for f in tok_files]
+        if vocabs[0] != vocabs[1]:
+            raise ValueError(f"tokenizer mismatch: {tok_files[0]} and {tok_files[1]} map tokens to different ids")
+    return student_cfg, teacher_cfg
+
+
+def check_models_agree(student: nn.Module, teacher: nn.Module, tokenizer) -> None:
+    """Student and teacher share a vocabulary that covers the tokenizer's."""
+    s_vocab = student.tok_embeddings.num_embeddings
+    t_vocab = teacher.tok_embeddings.num_embeddings
+    if s_vocab != t_vocab:
+        raise ValueError(f"vocab mismatch: student model has {s_vocab} tokens, teacher model {t_vocab}")
+    tok_vocab = getattr(tokenizer, "vocab_size", None)
+    if tok_vocab is not None and tok_vocab > s_vocab:
+        raise ValueError(f"the tokenizer has {tok_vocab} tokens but the models only {s_vocab}")

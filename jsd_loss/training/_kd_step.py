@@ -1,0 +1,127 @@
+"""The two losses of a distillation step, CE on the labels and KD against a frozen teacher:
+from the models' logits (whole, or in chunks for chunked losses) or, for a fused-linear KD
+loss, from their final hidden states and output weights."""
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torchtune import config, modules
+
+from jsd_loss.losses import FusedLinearDistillLoss
+
+
+@contextlib.contextmanager
+def hidden_state_output(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model(...)`` returns final (normed) hidden states instead of logits."""
+    output, chunks = model.output, model.num_output_chunks
+    # an nn.Linear output is a registered child module; TiedLinear is a plain attribute
+    model.output = nn.Identity() if isinstance(output, nn.Module) else (lambda h: h)
+    model.num_output_chunks = 0
+    try:
+        yield
+    finally:
+        model.output, model.num_output_chunks = output, chunks
+
+
+def output_weight(model: nn.Module) -> torch.Tensor:
+    """The output projection's weight, laid out as ``nn.Linear.weight`` (the embeddings when tied)."""
+    out = model.output
+    return out.tied_module.weight if isinstance(out, modules.TiedLinear) else out.weight
+
+
+@dataclass(frozen=True)
+class KDLosses:
+    """The CE loss (``loss``), the KD loss (``kd_loss``) and how the models must give them
+    their input: ``num_output_chunks`` logit chunks (0: whole logits) or, when ``fused``,
+    hidden states and output weights."""
+
+    loss: nn.Module
+    kd_loss: nn.Module
+    num_output_chunks: int
+
+    @property
+    def fused(self) -> bool:
+        return isinstance(self.kd_loss, FusedLinearDistillLoss)
+
+    @property
+    def ignore_index(self) -> int:
+        return self.loss.ignore_index
+
+
+def setup_losses(cfg_loss: DictConfig, cfg_kd_loss: DictConfig) -> KDLosses:
+    """Instantiate both losses; a chunked CE needs a KD loss with the same number of chunks
+    (unless the KD loss is fused-linear, which takes no logits)."""
+    losses = KDLosses(config.instantiate(cfg_loss), config.instantiate(cfg_kd_loss), 0)
+    chunks = getattr(losses.loss, "num_output_chunks", 0)
+    if not losses.fused and chunks:
+        kd_chunks = getattr(losses.kd_loss, "num_output_chunks", None)
+        if kd_chunks != chunks:
+            raise ValueError(
+                f"loss has num_output_chunks={chunks} but kd_loss has {kd_chunks}: "
+                "a chunked CE needs a chunked KD loss with the same number of chunks"
+            )
+    return KDLosses(losses.loss, losses.kd_loss, chunks)
+
+
+def kd_step(
+    student: nn.Module,
+    teacher: nn.Module,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    losses: KDLosses,
+    *,
+    dtype: torch.dtype,
+    mask: Optional[torch.Tensor] = None,
+    input_pos: Optional[torch.Tensor] = None,
+    weight_of: Callable[[nn.Module], torch.Tensor] = output_weight,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    ``(class_loss, kd_loss)`` of one batch; the teacher runs without gradients.
+
+    Args:
+        student (nn.Module): the student (its ``num_output_chunks`` set as ``losses`` needs).
+        teacher (nn.Module): the teacher (likewise).
+        tokens (torch.Tensor): input tokens, (B, T).
+        labels (torch.Tensor): next-token labels (already shifted), (B, T).
+        losses (KDLosses): the two losses.
+        dtype (torch.dtype): dtype of the hidden states handed to a fused-linear loss.
+        mask (Optional[torch.Tensor]): attention mask. Default: None
+        input_pos (Optional[torch.Tensor]): positions. Default: None
+        weight_of (Callable[[nn.Module], torch.Tensor]): a model's output weight as a
+            fused-linear loss needs it. Default: :func:`output_weight`
+
+    Returns:
+        Tuple[torch.Tensor, torch.Tensor]: CE and KD, each the mean over the batch's tokens.
+    """
+    if losses.fused:
+        with hidden_state_output(student):
+            hidden = student(tokens, mask=mask, input_pos=input_pos).to(dtype)
+        with torch.no_grad(), hidden_state_output(teacher):
+            teacher_hidden = teacher(tokens, mask=mask, input_pos=input_pos).to(dtype)
+        out = losses.kd_loss(hidden, weight_of(student), teacher_hidden, weight_of(teacher), labels)
+        if losses.kd_loss.return_ce:
+            kd_loss, class_loss = out
+        else:
+            kd_loss = out
+            logits = student.output(hidden).float()
+            if losses.num_output_chunks:
+                logits = list(logits.chunk(losses.num_output_chunks, dim=1))
+            else:
+                logits, labels = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
+            class_loss = losses.loss(logits, labels)
+        return class_loss, kd_loss
+
+    logits = student(tokens, mask=mask, input_pos=input_pos)
+    with torch.no_grad():
+        teacher_logits = teacher(tokens, mask=mask, input_pos=input_pos)
+    if not isinstance(logits, list):
+        labels = labels.reshape(-1)
+        logits = logits.reshape(-1, logits.size(-1))
+        teacher_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))
+    kd_loss = losses.kd_loss(logits, teacher_logits, labels)
+    class_loss = losses.loss(logits, labels)
+    return class_loss, kd_loss

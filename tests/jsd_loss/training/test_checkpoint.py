@@ -1,0 +1,81 @@
+import pickle
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchtune import training
+
+from jsd_loss.checkpointing import load_state_dict, read_config
+from jsd_loss.models.smollm2 import smollm2_from_hf, smollm2_tune_to_hf
+from jsd_loss.training import (
+    RECIPE_STATE,
+    latest_checkpoint,
+    merged_hf_state_dict,
+    refuse_earlier_run,
+    setup_student,
+    write_checkpoint,
+)
+from tests.conftest import TINY, write_tiny_hf_dir
+
+
+def test_an_earlier_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    assert refuse_earlier_run(tmp_path / "none", resume=False, overwrite=False) == []
+    (tmp_path / "step_2").mkdir()
+    (tmp_path / "final").mkdir()
+    (tmp_path / "logs").mkdir()
+    with pytest.raises(FileExistsError, match=r"already holds a run \(final, step_2\)"):
+        refuse_earlier_run(tmp_path, resume=False, overwrite=False)
+    assert refuse_earlier_run(tmp_path, resume=True, overwrite=False) == []
+    assert refuse_earlier_run(tmp_path, resume=False, overwrite=True) == ["final", "step_2"]
+
+
+def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
+    for step in (2, 10, 11):
+        (tmp_path / f"step_{step}").mkdir()
+    for step in (2, 10):  # step_11 was never completed
+        torch.save({training.SEED_KEY: 5, "global_step": step, "rng": torch.get_rng_state()},
+                   tmp_path / f"step_{step}" / RECIPE_STATE)
+    path, state = latest_checkpoint(tmp_path, seed=5)
+    assert path.name == "step_10" and state["global_step"] == 10
+    with pytest.raises(ValueError, match="trained with seed 5, config has 6"):
+        latest_checkpoint(tmp_path, seed=6)
+    with pytest.raises(FileNotFoundError, match="no step_N checkpoint"):
+        latest_checkpoint(tmp_path / "step_11", seed=5)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_recipe_state_is_not_unpickled(tmp_path):
+    (tmp_path / "step_1").mkdir()
+    torch.save({training.SEED_KEY: 0, "x": _Payload()}, tmp_path / "step_1" / RECIPE_STATE)
+    with pytest.raises(pickle.UnpicklingError):
+        latest_checkpoint(tmp_path, seed=0)
+
+
+def test_merged_lora_checkpoint_is_the_model_it_was_trained_as(tmp_path, tokenizer_json):
+    src = write_tiny_hf_dir(tmp_path / "src", seed=3, tokenizer_from=tokenizer_json.parent)
+    cfg = read_config(src)
+    base = smollm2_from_hf(str(src)).state_dict()
+    lora_cfg = OmegaConf.create({"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
+                                 "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, **TINY})
+    model, lora = setup_student(lora_cfg, base, device=torch.device("cpu"), dtype=torch.float32, seed=0,
+                                activation_checkpointing=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_b" in name:
+                p.normal_(0, 0.1)  # a trained adapter (lora_b starts at zero)
+    tokens = torch.randint(0, TINY["vocab_size"], (1, 9))
+    expected = model.eval()(tokens)
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    to_hf = lambda sd: smollm2_tune_to_hf(sd, cfg["num_attention_heads"], cfg["num_key_value_heads"])
+    write_checkpoint(tmp_path / "out", merged_hf_state_dict(state, lora, to_hf), cfg, src, {"step": 1})
+    out = tmp_path / "out"
+    assert not any("lora" in k for k in load_state_dict(out))
+    assert (out / "tokenizer.json").is_file() and (out / RECIPE_STATE).is_file()
+    merged = smollm2_from_hf(str(out))
+    torch.testing.assert_close(merged(tokens), expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(smollm2_from_hf(str(src))(tokens), expected, atol=1e-3)
