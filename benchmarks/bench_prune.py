@@ -94,8 +94,8 @@ def _load_stats(path: Path):
 
 def _heal(student_dir: Path, out: Path, seed: int, steps: int) -> float:
     """Quick JSD distillation from ``student_dir``; returns nothing (read the output dir)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "recipes/jsd_distill_single_device.py",
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "jsd_loss/recipes/jsd_distill_single_device.py",
            "--config", "configs/smollm2/135M_to_90M_jsd_quick.yaml", f"student_dir={student_dir}",
            f"output_dir={out}", f"seed={seed}", f"max_steps_per_epoch={steps}", "save_every_n_steps=null",
            "overwrite_output=True", "model._component_=jsd_loss.models.smollm2.smollm2_from_hf_config",

@@ -245,9 +245,26 @@ def test_stock_torchtune_kd_recipe_accepts_our_loss_unchanged(tmp_path, tiny_dir
 
 @pytest.mark.slow
 def test_real_teacher_and_student_few_steps(tmp_path, teacher_dir):
-    from jsd_loss.prepare import prepare_student
+    from dataclasses import replace
 
-    student = prepare_student(teacher_dir, tmp_path / "student", num_layers=17)
+    from jsd_loss.prepare import prepare_student
+    from jsd_loss.prepare._student import DEFAULT_PLAN
+    from jsd_loss.pruning import PruningPlan
+
+    # the default student's shape (fewer calibration rows: the shape does not depend on them), which
+    # the shipped config's smollm2_90m must build; the old 17-layer student is refused by shape
+    plan = replace(DEFAULT_PLAN, calibration_rows=16, calibration_max_seq_len=64)
+    student = prepare_student(teacher_dir, tmp_path / "student", plan)
+    even = prepare_student(teacher_dir, tmp_path / "even", PruningPlan(method="even", num_layers=17))
+    cfg = OmegaConf.load(QUICK)
+    cfg.output_dir = str(tmp_path / "refused")
+    cfg.teacher_dir, cfg.student_dir = str(teacher_dir), str(even)
+    path = tmp_path / "even.yaml"
+    OmegaConf.save(cfg, path)
+    proc = tune_run(path, check=False)
+    assert proc.returncode != 0
+    assert "num_layers 30 vs 17" in proc.stderr and "intermediate_dim 648 vs 1536" in proc.stderr
+    assert not (tmp_path / "refused").exists()
     cfg = OmegaConf.load(QUICK)
     cfg.output_dir = str(tmp_path / "out")
     cfg.teacher_dir, cfg.student_dir = str(teacher_dir), str(student)
