@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines name our temporary file
     try:
         export_gguf(args.model_dir, args.output, args.type, args.overwrite)
-    except (FileNotFoundError, FileExistsError, IsADirectoryError, ValueError) as e:
+    except (OSError, ValueError) as e:  # missing/existing files, disk errors, refused shapes
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
