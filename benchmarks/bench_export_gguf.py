@@ -5,8 +5,8 @@ For each type the model directory is exported (``jsd_loss.export.export_gguf``, 
 (``from_pretrained(dir, gguf_file=...)``) and compared with transformers on the HF
 directory itself, position by position, on held-out Dolly conversations (ChatML prompt
 plus the reference answer, teacher-forced, at most --max-tokens tokens each): the
-maximum |logit difference|, the share of positions whose argmax agrees, the file size and
-the export time. Token ids come from the directory's ``tokenizer.json`` (transformers does
+maximum |logit difference|, the share of positions whose argmax agrees, the mean KL, the
+largest reference top-2 margin where the argmax moved, the file size and the export time. Token ids come from the directory's ``tokenizer.json`` (transformers does
 not know llama.cpp's "smollm" pre-tokenizer, so its GGUF tokenizer is not used).
 
     python benchmarks/bench_export_gguf.py --model-dir models/smollm2-135m-instruct --prompts 24
@@ -42,15 +42,22 @@ def conversations(model_dir: Path, n: int, max_tokens: int):
 
 
 @torch.no_grad()
-def compare(reference, model, inputs):
-    """``(max |logit diff|, argmax agreement, positions)`` of ``model`` against ``reference``."""
-    worst, agree, total = 0.0, 0, 0
-    for ids in inputs:
-        ref, out = reference(ids).logits, model(ids).logits
-        worst = max(worst, (ref - out).abs().max().item())
-        agree += (ref.argmax(-1) == out.argmax(-1)).sum().item()
-        total += ids.numel()
-    return worst, agree / total, total
+def compare(reference, model, inputs) -> dict:
+    """``model`` against ``reference`` over every position of ``inputs``: max |logit diff|,
+    argmax agreement, mean KL(reference || model) in nats, and the largest reference top-2
+    margin among the positions whose argmax changed (small: only near-ties moved)."""
+    ref = torch.cat([reference(ids).logits[0] for ids in inputs])
+    out = torch.cat([model(ids).logits[0] for ids in inputs])
+    flips = ref.argmax(-1) != out.argmax(-1)
+    top2 = ref.topk(2, dim=-1).values
+    log_p, log_q = ref.log_softmax(-1), out.log_softmax(-1)
+    return {
+        "max_abs_logit_diff": (ref - out).abs().max().item(),
+        "argmax_agreement": 1 - flips.float().mean().item(),
+        "mean_kl": (log_p.exp() * (log_p - log_q)).sum(-1).mean().item(),
+        "max_flip_margin": (top2[:, 0] - top2[:, 1])[flips].max().item() if flips.any() else 0.0,
+        "positions": len(ref),
+    }
 
 
 def main() -> None:
@@ -75,9 +82,8 @@ def main() -> None:
             summary = export_gguf(model_dir, path, out_type)
             seconds = time.perf_counter() - start
             model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=path.name, dtype=torch.float32).eval()
-            worst, agreement, positions = compare(reference, model, inputs)
             report["types"][out_type] = {
-                "max_abs_logit_diff": worst, "argmax_agreement": agreement, "positions": positions,
+                **compare(reference, model, inputs),
                 "file_mb": summary.size_bytes / 1e6, "export_s": seconds, "tensor_types": summary.tensor_types,
             }
             del model
@@ -86,11 +92,12 @@ def main() -> None:
         return
     print(f"{model_dir}: {report['prompts']} held-out Dolly conversations, "
           f"{next(iter(report['types'].values()))['positions']} positions")
-    print("| type | max abs logit diff | argmax agreement | file (MB) | export (s) | tensors |")
-    print("|---|---|---|---|---|---|")
+    print("| type | max abs logit diff | argmax agreement | mean KL (nats) | largest flipped margin | "
+          "file (MB) | export (s) | tensors |")
+    print("|---|---|---|---|---|---|---|---|")
     for t, r in report["types"].items():
-        print(f"| {t} | {r['max_abs_logit_diff']:.3g} | {100 * r['argmax_agreement']:.2f}% | "
-              f"{r['file_mb']:.1f} | {r['export_s']:.1f} | {r['tensor_types']} |")
+        print(f"| {t} | {r['max_abs_logit_diff']:.3g} | {100 * r['argmax_agreement']:.2f}% | {r['mean_kl']:.2g} | "
+              f"{r['max_flip_margin']:.2f} | {r['file_mb']:.1f} | {r['export_s']:.1f} | {r['tensor_types']} |")
 
 
 if __name__ == "__main__":
