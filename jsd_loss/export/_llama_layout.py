@@ -45,7 +45,7 @@ class LlamaShape:
 
 
 def _refuse_foreign_architecture(config: dict) -> None:
-    archs = config.get("architectures") or []
+    archs = config.get("architectures") or ["LlamaForCausalLM"]  # older configs may omit it
     if config.get("model_type") != "llama" or archs != ["LlamaForCausalLM"]:
         raise ValueError(
             f"config.json describes model_type {config.get('model_type')!r}, architectures {archs}; "

@@ -26,10 +26,12 @@ def test_shape_is_read_from_config_in_both_rope_formats():
     shape = llama_shape(old)
     assert (shape.head_dim, shape.head_dim_is_derived, shape.rope_theta) == (8, True, 10000.0)
     assert llama_shape({**old, "tie_word_embeddings": False}).tied_embeddings is False
+    assert llama_shape({k: v for k, v in old.items() if k != "architectures"}).num_layers == 2
 
 
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "only Llama-architecture"),
+    ({"architectures": ["LlamaForSequenceClassification"]}, "only Llama-architecture"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
     ({"attention_bias": True}, "attention_bias"),
     ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}}, "RoPE scaling"),
