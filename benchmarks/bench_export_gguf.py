@@ -6,14 +6,17 @@ For each type the model directory is exported (``jsd_loss.export.export_gguf``, 
 directory itself, position by position, on held-out Dolly conversations (ChatML prompt
 plus the reference answer, teacher-forced, at most --max-tokens tokens each): the
 maximum |logit difference|, the share of positions whose argmax agrees, the mean KL, the
-largest reference top-2 margin where the argmax moved, the file size and the export time. Token ids come from the directory's ``tokenizer.json`` (transformers does
-not know llama.cpp's "smollm" pre-tokenizer, so its GGUF tokenizer is not used).
+largest reference top-2 margin where the argmax moved, the median relative weight error
+(||loaded - original|| / ||original|| over 2-D weights), the file size and the export
+time. Token ids come from the directory's ``tokenizer.json`` (transformers does not know
+llama.cpp's "smollm" pre-tokenizer, so its GGUF tokenizer is not used).
 
     python benchmarks/bench_export_gguf.py --model-dir models/smollm2-135m-instruct --prompts 24
     python benchmarks/bench_export_gguf.py --model-dir models/smollm2-90m-student --json
 """
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +63,14 @@ def compare(reference, model, inputs) -> dict:
     }
 
 
+@torch.no_grad()
+def weight_error(reference, model) -> float:
+    """Median over 2-D weights of ||loaded - original|| / ||original||."""
+    loaded = model.state_dict()
+    errors = [((loaded[k] - w).norm() / w.norm()).item() for k, w in reference.state_dict().items() if w.ndim == 2]
+    return statistics.median(errors)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", default=str(REPO / "models" / "smollm2-135m-instruct"))
@@ -84,6 +95,7 @@ def main() -> None:
             model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=path.name, dtype=torch.float32).eval()
             report["types"][out_type] = {
                 **compare(reference, model, inputs),
+                "median_weight_rel_error": weight_error(reference, model),
                 "file_mb": summary.size_bytes / 1e6, "export_s": seconds, "tensor_types": summary.tensor_types,
             }
             del model
@@ -93,11 +105,12 @@ def main() -> None:
     print(f"{model_dir}: {report['prompts']} held-out Dolly conversations, "
           f"{next(iter(report['types'].values()))['positions']} positions")
     print("| type | max abs logit diff | argmax agreement | mean KL (nats) | largest flipped margin | "
-          "file (MB) | export (s) | tensors |")
-    print("|---|---|---|---|---|---|---|---|")
+          "median weight error | file (MB) | export (s) | tensors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for t, r in report["types"].items():
         print(f"| {t} | {r['max_abs_logit_diff']:.3g} | {100 * r['argmax_agreement']:.2f}% | {r['mean_kl']:.2g} | "
-              f"{r['max_flip_margin']:.2f} | {r['file_mb']:.1f} | {r['export_s']:.1f} | {r['tensor_types']} |")
+              f"{r['max_flip_margin']:.2f} | {100 * r['median_weight_rel_error']:.3f}% | {r['file_mb']:.1f} | "
+              f"{r['export_s']:.1f} | {r['tensor_types']} |")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ SHAPES = {
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory, teacher_dir):
     root = tmp_path_factory.mktemp("tiny_export")
-    return {name: write_tiny_llama(root / name, teacher_dir, seed=i, **kw) for i, (name, kw) in enumerate(SHAPES.items())}
+    return {name: write_tiny_llama(root / name, teacher_dir, seed=i, **kw)
+            for i, (name, kw) in enumerate(SHAPES.items())}
 
 
 @pytest.fixture(scope="module")
