@@ -63,15 +63,12 @@ def encode_tensor(name: str, w: torch.Tensor, out_type: str) -> Tuple[np.ndarray
     if qtype == Q.Q8_0:
         try:
             return gguf.quants.quantize(array, Q.Q8_0), Q.Q8_0
-        except gguf.quants.QuantError:
-            log.warning("%s: rows of %d values are not whole Q8_0 blocks of 32; stored as F16",
-                        name, array.shape[-1])
+        except gguf.quants.QuantError:  # rows not a multiple of 32 (export_gguf warns once)
             qtype = Q.F16
     if qtype == Q.F16:
-        half = array.astype(np.float16)
-        if not np.isfinite(half).all():
+        if np.abs(array).max() > np.finfo(np.float16).max:
             raise ValueError(f"tensor {name} has values beyond float16's range (|w| > 65504); use --type f32")
-        return half, Q.F16
+        return array.astype(np.float16), Q.F16
     return array, Q.F32
 
 
@@ -161,6 +158,10 @@ def export_gguf(model_dir: Path, output: Path, out_type: str = "f16", overwrite:
     check_weights(config, state_dict, shape, str(model_dir))
     tensors = [(name, *encode_tensor(name, w, out_type)) for name, w in gguf_tensors(state_dict, shape)]
     del state_dict
+    fallbacks = [name for name, array, qtype in tensors if out_type == "q8_0" and qtype == Q.F16]
+    if fallbacks:
+        log.warning("%d weights have rows that are not whole Q8_0 blocks of 32 values and are stored as F16, "
+                    "e.g. %s", len(fallbacks), ", ".join(fallbacks[:3]))
     with atomic_file(output, overwrite=overwrite) as tmp:
         _write(tmp, shape, tokenizer, tensors, model_dir.resolve().name, out_type)
     summary = ExportSummary(

@@ -118,3 +118,18 @@ def test_width_pruned_head_dim_is_stated_for_llama_cpp(exported):
     assert (value("llama.embedding_length"), value("llama.feed_forward_length")) == (32, 48)
     tied = gguf.GGUFReader(str(exported("tied", "f32"))).fields
     assert "llama.attention.key_length" not in tied  # llama.cpp derives it
+
+
+def test_encode_tensor_types_and_refusals():
+    from jsd_loss.export import encode_tensor
+
+    Q = gguf.GGMLQuantizationType
+    w = torch.randn(4, 64)
+    assert encode_tensor("w", w, "f32")[1] == Q.F32 and encode_tensor("n", torch.ones(64), "q8_0")[1] == Q.F32
+    blocks, qtype = encode_tensor("w", w, "q8_0")
+    assert qtype == Q.Q8_0 and blocks.dtype == np.uint8 and blocks.shape == (4, 2 * 34)
+    assert encode_tensor("w", torch.randn(4, 48), "q8_0")[1] == Q.F16  # not whole 32-blocks
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        encode_tensor("big", torch.full((2, 32), 7e4), "f16")
+    with pytest.raises(ValueError, match="tensor nan holds non-finite values"):
+        encode_tensor("nan", torch.tensor([[float("nan")] * 32]), "q8_0")
