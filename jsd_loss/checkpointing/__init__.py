@@ -1,3 +1,4 @@
+from jsd_loss.checkpointing._atomic_file import atomic_file
 from jsd_loss.checkpointing._hf_dir import (
     TOKENIZER_FILES,
     atomic_directory,
@@ -11,6 +12,7 @@ from jsd_loss.checkpointing._hf_dir import (
 __all__ = [
     "TOKENIZER_FILES",
     "atomic_directory",
+    "atomic_file",
     "check_llama_dims",
     "load_state_dict",
     "read_config",
