@@ -112,7 +112,7 @@ def main() -> None:
     p.add_argument("--sizes", default="88493760,60M", help="parameter targets; the first is the ~90M student")
     p.add_argument("--small-methods", default="width-refit,width,depth-bi,even", help="methods run at the other sizes")
     p.add_argument("--calibration-rows", type=int, default=512)
-    p.add_argument("--eval-rows", type=int, default=0, help="held-out rows scored (0: all 223)")
+    p.add_argument("--eval-rows", type=int, default=0, help="held-out rows scored (0: all 229)")
     p.add_argument("--heal", default="width-refit,width,even", help="methods healed with the quick JSD config")
     p.add_argument("--heal-steps", type=int, default=60)
     p.add_argument("--seeds", default="42,43")

@@ -34,9 +34,9 @@ done
 heal width outputs/students/width 42
 
 # 4. held-out NLL: healed students on the first 60 eval rows (as in step 1); the teacher and the
-#    default and even students before training on all 223 eval rows
+#    default and even students before training on all 229 eval rows
 EVAL_ROWS=60 .venv/bin/python $R/heldout_nll.py $R/healed_nll_60rows.json outputs/heal/*/final
-.venv/bin/python $R/heldout_nll.py $R/heldout_nll_223rows.json models/smollm2-135m-instruct \
+.venv/bin/python $R/heldout_nll.py $R/heldout_nll_229rows.json models/smollm2-135m-instruct \
     models/smollm2-90m-student outputs/students/even
 for run in outputs/heal/*-seed*; do
   mkdir -p $R/logs/$(basename $run) && cp $run/logs/metrics.jsonl $R/logs/$(basename $run)/

@@ -3,7 +3,7 @@ trained on or calibrated on), appended to a JSON file keyed by directory.
 
     EVAL_ROWS=60 .venv/bin/python results/2026-11-25-pruning/heldout_nll.py OUT.json DIR [DIR ...]
 
-EVAL_ROWS=0 (default) scores all 223 eval rows; 60 scores the first 60, as bench_prune does.
+EVAL_ROWS=0 (default) scores all 229 eval rows; 60 scores the first 60, as bench_prune does.
 """
 
 import json
