@@ -1,4 +1,4 @@
-from jsd_loss.metrics._nll import response_nll
+from jsd_loss.metrics._nll import final_hidden_states, response_nll
 from jsd_loss.metrics._stats import paired_bootstrap
 from jsd_loss.metrics._text import exact_match, normalize_answer, rouge, token_f1
 from jsd_loss.metrics._training import (
@@ -13,6 +13,7 @@ __all__ = [
     "convergence_step",
     "curve_summary",
     "exact_match",
+    "final_hidden_states",
     "moving_average",
     "normalize_answer",
     "paired_bootstrap",

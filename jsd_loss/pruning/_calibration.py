@@ -27,6 +27,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from jsd_loss.metrics import final_hidden_states
+
 Tensor = torch.Tensor
 
 
@@ -81,10 +83,6 @@ def _per_sample_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * weights).sum(1) / weights.sum(1).clamp_min(1)
 
 
-class _StopForward(Exception):
-    pass
-
-
 class _Collector:
     def __init__(self, model: nn.Module, with_gram: bool):
         layers = model.layers
@@ -133,10 +131,6 @@ class _Collector:
         per_sample = _per_sample_mean(output.detach().abs(), self.mask)
         self.channel_batch = per_sample if self.channel_batch is None else self.channel_batch + per_sample
 
-    def final_norm_output(self, module, args, output):
-        self.norm_output(module, args, output)
-        raise _StopForward  # nothing needs the output projection (a fifth of the forward)
-
     def boundary(self, module, args, output):
         self.boundaries.append(output.detach())
 
@@ -157,8 +151,7 @@ class _Collector:
 
 @contextmanager
 def _hooks(model: nn.Module, collector: _Collector):
-    handles = [model.tok_embeddings.register_forward_hook(collector.boundary),
-               model.norm.register_forward_hook(collector.final_norm_output)]
+    handles = [model.tok_embeddings.register_forward_hook(collector.boundary)]
     for i, layer in enumerate(model.layers):
         handles += [
             layer.register_forward_hook(collector.boundary),
@@ -195,9 +188,7 @@ def collect_activation_stats(
     with _hooks(model, collector):
         for tokens, mask in tqdm(batches, desc="calibration", disable=not progress):
             collector.mask = mask
-            try:
-                model(tokens)
-            except _StopForward:
-                pass
+            # the final norm's output, without the output projection (a fifth of the forward)
+            collector.norm_output(None, None, final_hidden_states(model, tokens))
             collector.end_batch()
     return collector.stats

@@ -37,6 +37,14 @@ def hf_config_to_smollm2_args(cfg: dict, where: str = "config.json") -> Dict[str
         raise ValueError(f"{where} lacks {e.args[0]!r}") from e
 
 
+def _args_from_config_path(path: str, max_seq_len: Optional[int]) -> Dict[str, Any]:
+    model_dir = Path(path).parent if Path(path).is_file() else Path(path)
+    args = hf_config_to_smollm2_args(read_config(model_dir), str(model_dir / "config.json"))
+    if max_seq_len is not None:
+        args["max_seq_len"] = max_seq_len
+    return args
+
+
 def smollm2_from_hf_config(path: str, max_seq_len: Optional[int] = None) -> TransformerDecoder:
     """
     A randomly initialised SmolLM2 of the shape a HF ``config.json`` describes: the
@@ -49,11 +57,7 @@ def smollm2_from_hf_config(path: str, max_seq_len: Optional[int] = None) -> Tran
     Returns:
         TransformerDecoder: the model.
     """
-    model_dir = Path(path).parent if Path(path).is_file() else Path(path)
-    args = hf_config_to_smollm2_args(read_config(model_dir), str(model_dir / "config.json"))
-    if max_seq_len is not None:
-        args["max_seq_len"] = max_seq_len
-    return smollm2(**args)
+    return smollm2(**_args_from_config_path(path, max_seq_len))
 
 
 def lora_smollm2_from_hf_config(
@@ -70,10 +74,7 @@ def lora_smollm2_from_hf_config(
     """
     :func:`smollm2_from_hf_config` with LoRA adapters (arguments as :func:`lora_smollm2`).
     """
-    model_dir = Path(path).parent if Path(path).is_file() else Path(path)
-    args = hf_config_to_smollm2_args(read_config(model_dir), str(model_dir / "config.json"))
-    if max_seq_len is not None:
-        args["max_seq_len"] = max_seq_len
+    args = _args_from_config_path(path, max_seq_len)
     return lora_smollm2(
         lora_attn_modules=lora_attn_modules, apply_lora_to_mlp=apply_lora_to_mlp, lora_rank=lora_rank,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_dora=use_dora,
