@@ -10,6 +10,7 @@ R=results/2026-11-25-pruning
 #    eval rows), forward tokens/s. The teacher's calibration statistics are computed once.
 .venv/bin/python benchmarks/bench_prune.py --eval-rows 60 --heal "" --work-dir outputs/bench_prune \
     --json-out $R/bench_prune_scores.json
+.venv/bin/python $R/forward_speed.py > $R/forward_speed.json   # on an otherwise idle CPU
 
 # 2. the default student (width pruning + least-squares refit), the old even 17-layer one, and width
 #    pruning without the refit
