@@ -129,7 +129,7 @@ def _width_stage(config, state, record: PruningRecord, stats: ActivationStats, s
     heads, kv = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
     neurons_all, heads_all = neuron_scores(stats, plan.aggregation), head_scores(stats, plan.aggregation)
-    mlp_neurons, attention_heads, kv_heads = [], [], []
+    mlp_neurons, attention_heads = [], []
     for layer in range(n):
         keep = top_indices(neurons_all[layer], shape.intermediate_size)
         if plan.refit_mlp:
@@ -143,7 +143,6 @@ def _width_stage(config, state, record: PruningRecord, stats: ActivationStats, s
         if len(q_heads) < heads:
             state = keep_attention_heads(state, layer, q_heads, list(range(kv)), head_dim)
         attention_heads.append([record.attention_heads[layer][i] for i in q_heads])
-    kv_heads = record.kv_heads
     channels = top_indices(channel_scores(stats, plan.aggregation), shape.hidden_size)
     if len(channels) < int(config["hidden_size"]):
         state = keep_hidden_channels(state, channels)
@@ -152,5 +151,5 @@ def _width_stage(config, state, record: PruningRecord, stats: ActivationStats, s
               "hidden_size": shape.hidden_size, "head_dim": head_dim}
     stage = {"kind": "width", "intermediate_size": shape.intermediate_size, "num_heads": shape.num_heads,
              "hidden_size": shape.hidden_size, "calibration_tokens": stats.num_tokens}
-    return config, state, PruningRecord(record.teacher_layers, mlp_neurons, attention_heads, kv_heads, hidden,
+    return config, state, PruningRecord(record.teacher_layers, mlp_neurons, attention_heads, record.kv_heads, hidden,
                                         record.stages + [stage])

@@ -5,30 +5,17 @@ weights of the shape: speed does not depend on the values), one process, same ba
 """
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 from jsd_loss.models.smollm2 import hf_config_to_smollm2_args, smollm2
 from jsd_loss.pruning import pruned_config
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
+from bench_prune import _forward_tokens_per_second  # noqa: E402  (the benchmark's own timing)
+
 TEACHER = json.loads(Path("models/smollm2-135m-instruct/config.json").read_text())
-
-
-@torch.no_grad()
-def tokens_per_second(model, batch=4, seq=256, repeats=5) -> float:
-    x = torch.randint(0, 49152, (batch, seq), generator=torch.Generator().manual_seed(0))
-    model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return batch * seq / statistics.median(times)
 
 
 def main() -> None:
@@ -42,7 +29,7 @@ def main() -> None:
         fields = {k: v for k, v in shape.items() if k != "students"}
         model = smollm2(**hf_config_to_smollm2_args(pruned_config(TEACHER, **fields))).eval()
         out[name] = {"shape": fields, "students": shape.get("students", ["teacher"]),
-                     "forward_tokens_per_second": tokens_per_second(model)}
+                     "forward_tokens_per_second": _forward_tokens_per_second(model, repeats=5)}
         print(name, out[name], file=sys.stderr, flush=True)
     print(json.dumps(out, indent=2))
 
