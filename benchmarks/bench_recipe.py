@@ -8,7 +8,14 @@ and sequence length for every variant:
 * ``ours_lora``: our recipe, same LoRA student and loss;
 * ``ours_full_chunked``: our recipe, full-parameter student, chunked JSD;
 * ``ours_full_unchunked``: full-parameter student, token-level JSD on full logits;
-* ``ours_full_fused``: full-parameter student, fused-linear JSD (CE from the same pass).
+* ``ours_full_fused``: full-parameter student, fused-linear JSD (CE from the same pass);
+* ``cached_chunked``: as ``ours_full_chunked`` with the teacher read from a top-k cache
+  (``teacher_cache``; the teacher is not loaded), built first for exactly the rows the run
+  draws by ``jsd_loss/recipes/cache_teacher.py`` (its rows/s and bytes per token reported);
+* ``packed_chunked`` / ``cached_packed``: the same two with ``dataset.packed: True``.
+
+``--heldout-nll N`` also scores every variant's final student on the first N held-out Dolly
+rows (response NLL), the quality side of the speed ratios.
 
 Each variant runs in its own process (``tune run``); tokens/s is the median over the steps
 after the first (unmasked label tokens per second of step time, as both recipes log it),
@@ -34,7 +41,8 @@ from _common import REPO, add_json_args, add_model_dir_args, check_model_dirs, e
 BASE = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_quick.yaml"
 LORA = {"_component_": "jsd_loss.models.smollm2.lora_smollm2_90m", "lora_attn_modules": ["q_proj", "v_proj"],
         "apply_lora_to_mlp": True, "lora_rank": 16, "lora_alpha": 32}
-VARIANTS = ["stock_lora", "ours_lora", "ours_full_chunked", "ours_full_unchunked", "ours_full_fused"]
+VARIANTS = ["stock_lora", "ours_lora", "ours_full_chunked", "ours_full_unchunked", "ours_full_fused",
+            "cached_chunked", "packed_chunked", "cached_packed"]
 
 
 def _config(variant: str, args, out: Path) -> Path:
@@ -55,6 +63,11 @@ def _config(variant: str, args, out: Path) -> Path:
         cfg.kd_loss = {"_component_": "jsd_loss.JSDistillLoss", "beta": 0.5}
     if variant == "ours_full_fused":
         cfg.kd_loss = {"_component_": "jsd_loss.FusedLinearJSDistillLoss", "beta": 0.5, "return_ce": True}
+    if variant.startswith("cached"):
+        cfg.teacher_cache = str(out.parent / f"cache_{variant}")
+        cfg.cache = {"k": args.k, "rows": "run"}
+    if variant.endswith("packed"):
+        cfg.dataset.packed = True
     if variant == "stock_lora":
         cfg.compile = False
         cfg.enable_activation_checkpointing = False
@@ -72,6 +85,42 @@ def _step_logs(variant: str, out: Path):
         return [float(x) for x in re.findall(r"tokens_per_second_per_gpu:([0-9.eE+-]+)", text)], None
     records = [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     return [r["tokens_per_second"] for r in records], max(r["peak_memory_gib"] for r in records)
+
+
+def build_cache(config: Path) -> dict:
+    """Build the teacher cache a cached variant's config names; its rows/s and bytes per token."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    from jsd_loss.teacher import TopKTeacherCache
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "torchtune._cli.tune", "run", "jsd_loss/recipes/cache_teacher.py",
+                           "--config", str(config)], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cache build failed:\n{proc.stderr[-4000:]}")
+    seconds = time.perf_counter() - t0
+    cache_dir = Path(OmegaConf.load(config).teacher_cache)
+    cache = TopKTeacherCache(cache_dir)
+    on_disk = sum(f.stat().st_size for f in cache_dir.rglob("*.bin"))
+    rate = re.search(r"\(([0-9.]+) rows/s\)", proc.stdout + proc.stderr)
+    return {"rows": len(cache), "tokens": cache.num_tokens(), "bytes_per_token": on_disk / max(cache.num_tokens(), 1),
+            "rows_per_second": float(rate.group(1)) if rate else None, "wall_seconds_with_load": seconds}
+
+
+def heldout_nll(model_dir: Path, rows: int, max_seq_len: int) -> float:
+    """Mean response NLL of a saved student on the first ``rows`` held-out Dolly rows."""
+    from jsd_loss.checkpointing import load_state_dict, read_config
+    from jsd_loss.datasets import dolly_dataset
+    from jsd_loss.metrics import response_nll
+    from jsd_loss.models.smollm2 import smollm2_from_hf_state, smollm2_tokenizer
+
+    model = smollm2_from_hf_state(read_config(model_dir), load_state_dict(model_dir)).eval()
+    tok = smollm2_tokenizer(str(model_dir / "tokenizer.json"), max_seq_len=max_seq_len)
+    ds = dolly_dataset(tok, split="eval", max_rows=rows)
+    total, count = response_nll(model, [(s["tokens"], s["labels"]) for s in (ds[i] for i in range(len(ds)))])
+    return total / count
 
 
 def run_worker(variant: str, config: Path) -> dict:
@@ -94,6 +143,8 @@ def main() -> None:
     p.add_argument("--max-seq-len", type=int, default=256)
     add_model_dir_args(p)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--k", type=int, default=64, help="top-k of the cached variants")
+    p.add_argument("--heldout-nll", type=int, default=0, metavar="N", help="score each final student on N eval rows")
     add_json_args(p)
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -107,6 +158,8 @@ def main() -> None:
         for variant in args.variants.split(","):
             out = Path(tmp) / variant
             config = _config(variant, args, out)
+            if variant.startswith("cached"):
+                cache_stats = build_cache(config)
             res = subprocess.run([sys.executable, __file__, "--worker", variant, str(config)],
                                  capture_output=True, text=True)
             if res.returncode != 0:
@@ -115,6 +168,10 @@ def main() -> None:
             rows[variant] = {"tokens_per_second": statistics.median(tps[1:] or tps), "steps": len(tps),
                              "training_peak_rss_gib": train_peak,
                              **json.loads(res.stdout.strip().splitlines()[-1])}
+            if variant.startswith("cached"):
+                rows[variant]["cache"] = cache_stats
+            if args.heldout_nll:
+                rows[variant]["heldout_nll"] = heldout_nll(out / "final", args.heldout_nll, args.max_seq_len)
     report = {"config": {k: getattr(args, k) for k in ("steps", "batch_size", "max_seq_len")}, "variants": rows}
     if "stock_lora" in rows and "ours_lora" in rows:
         report["ours_vs_stock_tokens_per_second"] = rows["ours_lora"]["tokens_per_second"] / rows["stock_lora"]["tokens_per_second"]
@@ -123,6 +180,13 @@ def main() -> None:
         report["fused_vs_chunked_training_peak_rss"] = (
             rows["ours_full_fused"]["training_peak_rss_gib"] / rows["ours_full_chunked"]["training_peak_rss_gib"]
         )
+    for a, b, key in (("cached_chunked", "ours_full_chunked", "cached_vs_live_teacher"),
+                      ("packed_chunked", "ours_full_chunked", "packed_vs_padded"),
+                      ("cached_packed", "packed_chunked", "cached_vs_live_teacher_packed")):
+        if a in rows and b in rows:
+            report[f"{key}_tokens_per_second"] = rows[a]["tokens_per_second"] / rows[b]["tokens_per_second"]
+            if args.heldout_nll:
+                report[f"{key}_heldout_nll_relative"] = rows[a]["heldout_nll"] / rows[b]["heldout_nll"] - 1
     if emit_json(report, args):
         return
     c = report["config"]
@@ -132,9 +196,9 @@ def main() -> None:
     for name, r in rows.items():
         train = f"{r['training_peak_rss_gib']:.2f}" if r["training_peak_rss_gib"] is not None else "–"
         print(f"| {name} | {r['tokens_per_second']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | {train} |")
-    for key in ("ours_vs_stock_tokens_per_second", "fused_vs_chunked_peak_rss", "fused_vs_chunked_training_peak_rss"):
-        if key in report:
-            print(f"{key} = {report[key]:.3f}")
+    for key, value in report.items():
+        if isinstance(value, float):
+            print(f"{key} = {value:.3f}")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,13 @@ class DollySFTDataset(Dataset):
         labels = [CROSS_ENTROPY_IGNORE_IDX if m else t for t, m in zip(tokens, mask)]
         return {"tokens": tokens, "labels": labels}
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the rows and the label masking: with the tokenizer (hashed apart), what
+        decides every sample, so a teacher cache can check it without tokenizing anything."""
+        digest = hashlib.sha256(json.dumps(self.rows, sort_keys=True).encode())
+        digest.update(f"train_on_input={self._train_on_input}".encode())
+        return digest.hexdigest()
+
 
 def dolly_dataset(
     tokenizer: Transform,

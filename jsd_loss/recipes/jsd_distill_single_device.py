@@ -20,6 +20,10 @@
 #     refused when they ask for something;
 #   - gradients are the token-weighted mean over the whole accumulated step (the stock
 #     recipe backpropagates per-batch means and then divides by the token count again);
+#   - ``teacher_cache: DIR``: the teacher's top-k distributions read from a cache built by
+#     jsd_loss/recipes/cache_teacher.py instead of computed; the teacher is then not loaded
+#     (unless ``teacher_cache_fallback: live`` for rows the cache lacks), and a cache of
+#     another teacher, tokenizer, dataset, max_seq_len or temperature is refused at setup;
 #   - HF-format student checkpoints (LoRA merged) every ``save_every_n_steps`` and at the
 #     end, in the checkpointer's output_dir, written atomically by the converter of the model
 #     family (checkpointer.model_type, or hf_converter), with optimizer/dataloader/RNG state
@@ -38,6 +42,7 @@ from torchtune import config, training, utils
 from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
+from jsd_loss.teacher import RowNotCachedError, cached_teacher
 from jsd_loss.training import (
     NOT_IMPLEMENTED,
     SHARDING_ONLY,
@@ -50,6 +55,7 @@ from jsd_loss.training import (
     latest_checkpoint,
     merged_hf_state_dict,
     num_trainable,
+    open_teacher_cache,
     output_weight,
     peak_memory_gib,
     refuse_earlier_run,
@@ -163,22 +169,31 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._steps_per_epoch = steps_per_epoch(
             len(self._dataloader), cfg.batch_size, self._gradient_accumulation_steps, self.max_steps_per_epoch
         )
+        self._teacher_cache = None
+        if cfg.get("teacher_cache", None):
+            self._teacher_cache = open_teacher_cache(
+                cfg, self._dataloader.dataset, vocab_size=self._student_hf_config["vocab_size"],
+                world_size=self.world_size, log=log,
+            )
+        live_teacher = self._teacher_cache is None or cfg.get("teacher_cache_fallback", "error") == "live"
 
         checkpoint_dict = self._load_student_checkpoint(cfg.checkpointer, resume_state)
-        teacher_checkpoint_dict = config.instantiate(cfg.teacher_checkpointer).load_checkpoint()
         self._model = self._setup_model(
             cfg_model=cfg.model,
             enable_activation_checkpointing=cfg.get("enable_activation_checkpointing", False),
             model_state_dict=checkpoint_dict[training.MODEL_KEY],
         )
-        self._teacher_model = self._setup_teacher_model(
-            model_cfg=cfg.teacher_model,
-            model_state_dict=teacher_checkpoint_dict[training.MODEL_KEY],
-        )
-        check_models_agree(self._model, self._teacher_model, self._tokenizer)
+        self._teacher_model = None
+        if live_teacher:
+            self._teacher_model = self._setup_teacher_model(
+                model_cfg=cfg.teacher_model,
+                model_state_dict=config.instantiate(cfg.teacher_checkpointer).load_checkpoint()[training.MODEL_KEY],
+            )
+        check_models_agree(self._model, self._teacher_model or self._model, self._tokenizer)
         if not self._fused_kd and self._losses.num_output_chunks:
-            self._model.set_num_output_chunks(self._losses.num_output_chunks)
-            self._teacher_model.set_num_output_chunks(self._losses.num_output_chunks)
+            for model in (self._model, self._teacher_model):
+                if model is not None:
+                    model.set_num_output_chunks(self._losses.num_output_chunks)
 
         self._optimizer = config.instantiate(cfg.optimizer, [p for p in self._model.parameters() if p.requires_grad])
         if resume_state is not None:
@@ -292,9 +307,22 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         # Shift labels: position t predicts token t + 1
         labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
         return kd_step(
-            self._model, self._teacher_model, batch["tokens"], labels, self._losses, dtype=self._dtype,
+            self._model, self._teacher_for(batch, labels), batch["tokens"], labels, self._losses, dtype=self._dtype,
             mask=batch.get("mask", None), input_pos=batch.get("input_pos", None), weight_of=self._output_weight,
         )
+
+    def _teacher_for(self, batch: Dict[str, torch.Tensor], labels: torch.Tensor):
+        """The batch's cached teacher distributions, or the live teacher."""
+        if self._teacher_cache is None:
+            return self._teacher_model
+        try:
+            return cached_teacher(
+                self._teacher_cache, batch["tokens"], labels, batch["row_ids"], self._losses.ignore_index
+            ).to(self._device)
+        except RowNotCachedError:
+            if self._teacher_model is None:
+                raise
+            return self._teacher_model
 
     # the number the summed per-token loss gradients are multiplied by before dividing by
     # the step's token count; FSDP2 averages gradients over ranks, so the distributed

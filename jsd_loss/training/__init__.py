@@ -27,6 +27,14 @@ from jsd_loss.training._models import (
     setup_student,
     setup_teacher,
 )
+from jsd_loss.training._teacher_cache import (
+    cache_identity,
+    kd_temperature,
+    manifest_for,
+    open_teacher_cache,
+    run_rows,
+    unpacked,
+)
 from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_shape, model_shape
 
 __all__ = [
@@ -39,6 +47,7 @@ __all__ = [
     "SHAPE_KEYS",
     "SHARDING_ONLY",
     "build_dataloader",
+    "cache_identity",
     "build_model",
     "check_checkpoints",
     "check_model_shape",
@@ -49,21 +58,26 @@ __all__ = [
     "hf_converter",
     "hidden_state_output",
     "init_adapters",
+    "kd_temperature",
     "kd_step",
     "latest_checkpoint",
     "load_in_place",
+    "manifest_for",
     "merged_hf_state_dict",
     "model_shape",
     "num_trainable",
+    "open_teacher_cache",
     "output_weight",
     "peak_memory_gib",
     "read_metrics",
     "refuse_earlier_run",
     "refuse_unimplemented",
     "reset_peak_memory",
+    "run_rows",
     "setup_losses",
     "setup_student",
     "setup_teacher",
     "steps_per_epoch",
+    "unpacked",
     "write_checkpoint",
 ]

@@ -4,14 +4,14 @@ loss, from their final hidden states and output weights."""
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torchtune import config, modules
 
-from jsd_loss.losses import FusedLinearDistillLoss
+from jsd_loss.losses import FusedLinearDistillLoss, TopKDistribution
 
 
 @contextlib.contextmanager
@@ -69,7 +69,7 @@ def setup_losses(cfg_loss: DictConfig, cfg_kd_loss: DictConfig) -> KDLosses:
 
 def kd_step(
     student: nn.Module,
-    teacher: nn.Module,
+    teacher: Union[nn.Module, TopKDistribution],
     tokens: torch.Tensor,
     labels: torch.Tensor,
     losses: KDLosses,
@@ -80,11 +80,13 @@ def kd_step(
     weight_of: Callable[[nn.Module], torch.Tensor] = output_weight,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
-    ``(class_loss, kd_loss)`` of one batch; the teacher runs without gradients.
+    ``(class_loss, kd_loss)`` of one batch; the teacher runs without gradients, or is not
+    run at all when its distributions come from a cache.
 
     Args:
         student (nn.Module): the student (its ``num_output_chunks`` set as ``losses`` needs).
-        teacher (nn.Module): the teacher (likewise).
+        teacher (Union[nn.Module, TopKDistribution]): the teacher (likewise), or its cached
+            top-k distributions for this batch, (B, T, k).
         tokens (torch.Tensor): input tokens, (B, T).
         labels (torch.Tensor): next-token labels (already shifted), (B, T).
         losses (KDLosses): the two losses.
@@ -97,12 +99,17 @@ def kd_step(
     Returns:
         Tuple[torch.Tensor, torch.Tensor]: CE and KD, each the mean over the batch's tokens.
     """
+    cached = isinstance(teacher, TopKDistribution)
     if losses.fused:
         with hidden_state_output(student):
             hidden = student(tokens, mask=mask, input_pos=input_pos).to(dtype)
-        with torch.no_grad(), hidden_state_output(teacher):
-            teacher_hidden = teacher(tokens, mask=mask, input_pos=input_pos).to(dtype)
-        out = losses.kd_loss(hidden, weight_of(student), teacher_hidden, weight_of(teacher), labels)
+        if cached:
+            teacher_hidden, teacher_weight = teacher, None
+        else:
+            with torch.no_grad(), hidden_state_output(teacher):
+                teacher_hidden = teacher(tokens, mask=mask, input_pos=input_pos).to(dtype)
+            teacher_weight = weight_of(teacher)
+        out = losses.kd_loss(hidden, weight_of(student), teacher_hidden, teacher_weight, labels)
         if losses.kd_loss.return_ce:
             kd_loss, class_loss = out
         else:
@@ -116,12 +123,16 @@ def kd_step(
         return class_loss, kd_loss
 
     logits = student(tokens, mask=mask, input_pos=input_pos)
-    with torch.no_grad():
-        teacher_logits = teacher(tokens, mask=mask, input_pos=input_pos)
+    if cached:
+        teacher_logits = teacher
+    else:
+        with torch.no_grad():
+            teacher_logits = teacher(tokens, mask=mask, input_pos=input_pos)
     if not isinstance(logits, list):
         labels = labels.reshape(-1)
         logits = logits.reshape(-1, logits.size(-1))
-        teacher_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))
+        teacher_logits = (teacher_logits.flatten() if cached
+                          else teacher_logits.reshape(-1, teacher_logits.size(-1)))
     kd_loss = losses.kd_loss(logits, teacher_logits, labels)
     class_loss = losses.loss(logits, labels)
     return class_loss, kd_loss
