@@ -8,10 +8,15 @@ from jsd_loss.losses import (
     JSDistillWithChunkedOutputLoss,
     KLDistillLoss,
     KLDistillWithChunkedOutputLoss,
+    TopKDistribution,
     generalized_jsd,
     generalized_jsd_and_grad,
     kl_divergence,
     student_divergence,
+    topk_from_logits,
+    topk_generalized_jsd,
+    topk_generalized_jsd_and_grad,
+    topk_student_divergence,
 )
 
 __version__ = "0.1.0"
@@ -24,8 +29,13 @@ __all__ = [
     "JSDistillWithChunkedOutputLoss",
     "KLDistillLoss",
     "KLDistillWithChunkedOutputLoss",
+    "TopKDistribution",
     "generalized_jsd",
     "generalized_jsd_and_grad",
     "kl_divergence",
     "student_divergence",
+    "topk_from_logits",
+    "topk_generalized_jsd",
+    "topk_generalized_jsd_and_grad",
+    "topk_student_divergence",
 ]

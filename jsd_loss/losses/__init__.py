@@ -14,6 +14,12 @@ from jsd_loss.losses._fused_linear import (
     FusedLinearKLDistillLoss,
 )
 from jsd_loss.losses._interface import FusedLinearDistillLoss
+from jsd_loss.losses._topk import TopKDistribution, topk_from_logits
+from jsd_loss.losses._topk_divergence import (
+    topk_generalized_jsd,
+    topk_generalized_jsd_and_grad,
+    topk_student_divergence,
+)
 
 __all__ = [
     "FusedLinearDistillLoss",
@@ -23,8 +29,13 @@ __all__ = [
     "JSDistillWithChunkedOutputLoss",
     "KLDistillLoss",
     "KLDistillWithChunkedOutputLoss",
+    "TopKDistribution",
     "generalized_jsd",
     "generalized_jsd_and_grad",
     "kl_divergence",
     "student_divergence",
+    "topk_from_logits",
+    "topk_generalized_jsd",
+    "topk_generalized_jsd_and_grad",
+    "topk_student_divergence",
 ]

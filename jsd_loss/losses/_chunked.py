@@ -1,11 +1,12 @@
 """Drop-ins for torchtune's ``ForwardKLWithChunkedOutputLoss``."""
 
-from typing import List
+from typing import List, Union
 
 import torch
 from torch import nn
 
 from jsd_loss.losses._distill import JSDistillLoss, KLDistillLoss, _DivergenceLoss
+from jsd_loss.losses._topk import TopKDistribution, _check_fields
 
 
 class _ChunkedOutputLoss(nn.Module):
@@ -15,7 +16,9 @@ class _ChunkedOutputLoss(nn.Module):
     ``Tensor.chunk``, while other code uses ``tensor_split``; the two disagree when the
     sequence length is not divisible by the number of chunks. The labels are therefore
     split by the sizes of the chunks actually received, and the loss is normalised once
-    by the global number of unmasked tokens.
+    by the global number of unmasked tokens. A top-k + tail teacher comes as one
+    :class:`~jsd_loss.losses.TopKDistribution` over the whole sequence and is split the
+    same way.
     """
 
     def __init__(self, num_output_chunks: int, token_loss: _DivergenceLoss):
@@ -29,7 +32,7 @@ class _ChunkedOutputLoss(nn.Module):
     def forward(
         self,
         student_logits: List[torch.Tensor],
-        teacher_logits: List[torch.Tensor],
+        teacher_logits: Union[List[torch.Tensor], TopKDistribution],
         labels: torch.Tensor,
         normalize: bool = True,
     ) -> torch.Tensor:
@@ -38,16 +41,28 @@ class _ChunkedOutputLoss(nn.Module):
             student_logits (List[torch.Tensor]): chunks of student logits, each of shape
                 (batch_size, num_tokens_in_chunk, vocab_size), concatenating along dim 1 to
                 (batch_size, num_tokens, vocab_size).
-            teacher_logits (List[torch.Tensor]): teacher chunks with the same shapes.
+            teacher_logits (Union[List[torch.Tensor], TopKDistribution]): teacher chunks
+                with the same shapes, or one top-k + tail teacher of shape
+                (batch_size, num_tokens, k) covering the whole sequence, already at
+                ``temperature``; it is split by the sizes of the student chunks.
             labels (torch.Tensor): labels of shape (batch_size, num_tokens).
             normalize (bool): divide by the number of unmasked tokens. Default: True.
 
         Returns:
             torch.Tensor: scalar loss; 0 when every token is masked.
         """
+        topk = isinstance(teacher_logits, TopKDistribution)
         if isinstance(student_logits, torch.Tensor):
-            student_logits, teacher_logits = [student_logits], [teacher_logits]
-        if len(student_logits) != len(teacher_logits):
+            student_logits = [student_logits]
+            teacher_logits = teacher_logits if topk else [teacher_logits]
+        if topk:
+            _check_fields(teacher_logits)
+            if teacher_logits.shape != labels.shape:
+                raise ValueError(
+                    f"the top-k teacher of shape {tuple(teacher_logits.ids.shape)} does not "
+                    f"cover the labels of shape {tuple(labels.shape)}"
+                )
+        elif len(student_logits) != len(teacher_logits):
             raise ValueError(
                 f"got {len(student_logits)} student chunks but {len(teacher_logits)} "
                 "teacher chunks"
@@ -58,6 +73,8 @@ class _ChunkedOutputLoss(nn.Module):
                 f"the logit chunks cover {sum(sizes)} tokens but labels have "
                 f"{labels.size(1)}"
             )
+        if topk:
+            teacher_logits = teacher_logits.split(sizes, dim=1)
         total = sum(
             self.token_loss.token_sum(s, t, y)
             for s, t, y in zip(student_logits, teacher_logits, labels.split(sizes, dim=1))

@@ -1,5 +1,7 @@
 """Token-level distillation losses with torchtune's KD loss interface."""
 
+from typing import Union
+
 import torch
 from torch import nn
 
@@ -8,6 +10,8 @@ from jsd_loss.losses._functional import (
     kl_direction_to_beta,
     student_divergence,
 )
+from jsd_loss.losses._topk import TopKDistribution, _check_shapes
+from jsd_loss.losses._topk_divergence import topk_student_divergence
 
 
 class _DivergenceLoss(nn.Module):
@@ -23,10 +27,12 @@ class _DivergenceLoss(nn.Module):
     def token_sum(
         self,
         student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor,
+        teacher_logits: Union[torch.Tensor, TopKDistribution],
         labels: torch.Tensor,
     ) -> torch.Tensor:
         """Sum of the divergence over unmasked tokens; masked rows are never computed."""
+        if isinstance(teacher_logits, TopKDistribution):
+            return self._topk_token_sum(student_logits, teacher_logits, labels)
         student_logits = student_logits.reshape(-1, student_logits.size(-1))
         teacher_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))
         labels = labels.reshape(-1)
@@ -42,17 +48,40 @@ class _DivergenceLoss(nn.Module):
             student_logits, teacher_logits, self.beta, self.temperature
         ).sum()
 
+    def _topk_token_sum(
+        self, student_logits: torch.Tensor, teacher: TopKDistribution, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`token_sum` for a top-k + tail teacher of the same token shape."""
+        _check_shapes(student_logits, teacher)  # before flattening; ids on kept rows below
+        student_logits = student_logits.reshape(-1, student_logits.size(-1))
+        teacher = teacher.to(student_logits.device).flatten()
+        labels = labels.reshape(-1)
+        if labels.numel() != student_logits.size(0):
+            raise ValueError(
+                f"labels hold {labels.numel()} tokens but the logits hold "
+                f"{student_logits.size(0)}"
+            )
+        keep = labels != self.ignore_index
+        if not bool(keep.all()):
+            student_logits, teacher = student_logits[keep], teacher.select(keep)
+        return topk_student_divergence(
+            student_logits, teacher, self.beta, self.temperature
+        ).sum()
+
     def forward(
         self,
         student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor,
+        teacher_logits: Union[torch.Tensor, TopKDistribution],
         labels: torch.Tensor,
         normalize: bool = True,
     ) -> torch.Tensor:
         """
         Args:
             student_logits (torch.Tensor): student logits of shape (N, V) (or (B, T, V)).
-            teacher_logits (torch.Tensor): teacher logits of the same shape.
+            teacher_logits (Union[torch.Tensor, TopKDistribution]): teacher logits of the
+                same shape, or a top-k + tail teacher whose token dims are those of the
+                student logits ((N, k) or (B, T, k)), already at ``temperature`` (see
+                :func:`~jsd_loss.losses.topk_generalized_jsd`).
             labels (torch.Tensor): labels of shape (N,) (or (B, T)); tokens equal to
                 ``ignore_index`` do not contribute.
             normalize (bool): divide by the number of unmasked tokens. Default: True.

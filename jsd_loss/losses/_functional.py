@@ -92,6 +92,20 @@ def _mixture_log_probs(
     )
 
 
+def _divergence_of_log_probs(
+    log_p_s: torch.Tensor, log_p_t: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """``JSD_beta`` (KL at the endpoints) of two distributions given as log-probabilities."""
+    if beta == 0.0:
+        return _kl_from_log_probs(log_p_t, log_p_s)
+    if beta == 1.0:
+        return _kl_from_log_probs(log_p_s, log_p_t)
+    log_m = _mixture_log_probs(log_p_t, log_p_s, beta)
+    return beta * _kl_from_log_probs(log_p_t, log_m) + (1.0 - beta) * (
+        _kl_from_log_probs(log_p_s, log_m)
+    )
+
+
 def generalized_jsd(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -115,17 +129,9 @@ def generalized_jsd(
     """
     _check_args(beta, temperature)
     _check_logits(student_logits, teacher_logits)
-    log_p_s = _log_probs(student_logits, temperature)
-    log_p_t = _log_probs(teacher_logits, temperature)
-    if beta == 0.0:
-        div = _kl_from_log_probs(log_p_t, log_p_s)
-    elif beta == 1.0:
-        div = _kl_from_log_probs(log_p_s, log_p_t)
-    else:
-        log_m = _mixture_log_probs(log_p_t, log_p_s, beta)
-        div = beta * _kl_from_log_probs(log_p_t, log_m) + (1.0 - beta) * (
-            _kl_from_log_probs(log_p_s, log_m)
-        )
+    div = _divergence_of_log_probs(
+        _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature), beta
+    )
     # rounding can leave a tiny negative value when P_s == P_t; a divergence is >= 0
     return div.clamp(min=0.0) * temperature**2
 

@@ -7,7 +7,7 @@ freed. The backward pass only rescales the stored gradients. Pure PyTorch: runs 
 and CUDA. Same idea as Liger-Kernel's fused-linear JSD, without Triton.
 """
 
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,8 @@ from jsd_loss.losses._functional import (
     kl_direction_to_beta,
 )
 from jsd_loss.losses._interface import FusedLinearDistillLoss
+from jsd_loss.losses._topk import TopKDistribution, _topk_for_tokens
+from jsd_loss.losses._topk_divergence import _topk_jsd_and_grad
 
 
 def _ce_and_grad(
@@ -69,9 +71,13 @@ class _FusedLinearDistillFunction(torch.autograd.Function):
             idx = keep[start : start + chunk_size]
             h = student_hidden[idx]
             s_logits = h @ student_weight.t()
-            t_logits = teacher_hidden[idx] @ teacher_weight.t()
-            kd_tok, g_logits = generalized_jsd_and_grad(s_logits, t_logits, beta, temperature)
-            del t_logits
+            if isinstance(teacher_hidden, TopKDistribution):
+                t_rows = teacher_hidden.select(idx)
+                kd_tok, g_logits = _topk_jsd_and_grad(s_logits, t_rows, beta, temperature)
+            else:
+                t_logits = teacher_hidden[idx] @ teacher_weight.t()
+                kd_tok, g_logits = generalized_jsd_and_grad(s_logits, t_logits, beta, temperature)
+                del t_logits
             chunk_results = {"kd": (kd_tok.sum(), g_logits)}
             if with_ce:
                 chunk_results["ce"] = _ce_and_grad(s_logits, labels[idx])
@@ -145,8 +151,8 @@ class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
         self,
         student_hidden: torch.Tensor,
         student_weight: torch.Tensor,
-        teacher_hidden: torch.Tensor,
-        teacher_weight: torch.Tensor,
+        teacher_hidden: Union[torch.Tensor, TopKDistribution],
+        teacher_weight: Optional[torch.Tensor],
         labels: torch.Tensor,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """
@@ -155,10 +161,11 @@ class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
                 (or (B, T, D)).
             student_weight (torch.Tensor): student output projection, laid out as
                 ``nn.Linear.weight``: shape (V, D).
-            teacher_hidden (torch.Tensor): teacher final hidden states, shape (N, Dt)
-                (or (B, T, Dt)). Treated as a constant (no gradient).
-            teacher_weight (torch.Tensor): teacher output projection, shape (V, Dt).
-                Treated as a constant (no gradient).
+            teacher_hidden (Union[torch.Tensor, TopKDistribution]): teacher final hidden
+                states, shape (N, Dt) (or (B, T, Dt)), a constant (no gradient); or a
+                top-k + tail teacher (N, k) (or (B, T, k)) already at ``temperature``.
+            teacher_weight (Optional[torch.Tensor]): teacher output projection, shape
+                (V, Dt), a constant; ``None`` with a top-k teacher.
             labels (torch.Tensor): shape (N,) (or (B, T)); ``ignore_index`` tokens are
                 skipped entirely.
 
@@ -167,6 +174,8 @@ class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
             ``return_ce=True`` a tuple ``(kd_loss, ce_loss)`` where ``ce_loss`` is the
             hard-label cross-entropy of the student on ``labels`` (temperature 1).
         """
+        if isinstance(teacher_hidden, TopKDistribution):
+            return self._forward_topk(student_hidden, student_weight, teacher_hidden, teacher_weight, labels)
         student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
         teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.size(-1))
         labels = labels.reshape(-1)
@@ -191,16 +200,29 @@ class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
                 f"{teacher_hidden.size(0)}, labels {labels.numel()}"
             )
         return _FusedLinearDistillFunction.apply(
-            student_hidden,
-            student_weight,
-            teacher_hidden.detach(),
-            teacher_weight.detach(),
-            labels,
-            self.beta,
-            self.temperature,
-            self.ignore_index,
-            self.chunk_size,
+            student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+            labels, self.beta, self.temperature, self.ignore_index, self.chunk_size,
             self.return_ce,
+        )
+
+    def _forward_topk(self, student_hidden, student_weight, teacher, teacher_weight, labels):
+        """:meth:`forward` for a top-k + tail teacher: its rows replace the teacher logits."""
+        if teacher_weight is not None:
+            raise ValueError("teacher_weight must be None when the teacher is a TopKDistribution")
+        student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
+        if student_hidden.size(-1) != student_weight.size(1):
+            raise ValueError(
+                f"student hidden dim {student_hidden.size(-1)} does not match the output "
+                f"weight of shape {tuple(student_weight.shape)}"
+            )
+        labels = labels.reshape(-1)
+        teacher = _topk_for_tokens(
+            teacher, student_hidden.size(0), labels, self.ignore_index,
+            student_weight.size(0), student_hidden.device,
+        )
+        return _FusedLinearDistillFunction.apply(
+            student_hidden, student_weight, teacher, None, labels, self.beta,
+            self.temperature, self.ignore_index, self.chunk_size, self.return_ce,
         )
 
 

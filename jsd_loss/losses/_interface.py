@@ -1,10 +1,12 @@
 """The interface of KD losses fused with the output projection."""
 
 import abc
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from jsd_loss.losses._topk import TopKDistribution
 
 
 class FusedLinearDistillLoss(nn.Module, metaclass=abc.ABCMeta):
@@ -14,6 +16,9 @@ class FusedLinearDistillLoss(nn.Module, metaclass=abc.ABCMeta):
     never hold ``(tokens, vocab)``. A recipe recognises such a loss by this base class (a
     loss that does not declare it receives logits): it runs both models without their
     output projection and calls :meth:`forward` with what they would have multiplied.
+    With an offline top-k teacher (a :class:`~jsd_loss.losses.TopKDistribution`) the
+    teacher is not run: its distribution takes the place of ``teacher_hidden`` and
+    ``teacher_weight`` is ``None``.
 
     Subclasses implement :meth:`forward` and set :attr:`return_ce`.
 
@@ -32,17 +37,19 @@ class FusedLinearDistillLoss(nn.Module, metaclass=abc.ABCMeta):
         self,
         student_hidden: torch.Tensor,
         student_weight: torch.Tensor,
-        teacher_hidden: torch.Tensor,
-        teacher_weight: torch.Tensor,
+        teacher_hidden: Union[torch.Tensor, TopKDistribution],
+        teacher_weight: Optional[torch.Tensor],
         labels: torch.Tensor,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
             student_hidden (torch.Tensor): student final hidden states, (N, D) or (B, T, D).
             student_weight (torch.Tensor): student output projection as ``nn.Linear.weight``, (V, D).
-            teacher_hidden (torch.Tensor): teacher final hidden states, (N, Dt) or (B, T, Dt);
-                a constant.
-            teacher_weight (torch.Tensor): teacher output projection, (V, Dt); a constant.
+            teacher_hidden (Union[torch.Tensor, TopKDistribution]): teacher final hidden
+                states, (N, Dt) or (B, T, Dt), a constant; or a top-k + tail teacher with
+                fields (N, k) or (B, T, k), already at the loss's temperature.
+            teacher_weight (Optional[torch.Tensor]): teacher output projection, (V, Dt), a
+                constant; ``None`` when ``teacher_hidden`` is a top-k teacher.
             labels (torch.Tensor): next-token labels, (N,) or (B, T).
 
         Returns:
