@@ -143,7 +143,7 @@ def main() -> None:
     p.add_argument("--max-seq-len", type=int, default=256)
     add_model_dir_args(p)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--k", type=int, default=64, help="top-k of the cached variants")
+    p.add_argument("--k", type=int, default=128, help="top-k of the cached variants")
     p.add_argument("--heldout-nll", type=int, default=0, metavar="N", help="score each final student on N eval rows")
     add_json_args(p)
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)

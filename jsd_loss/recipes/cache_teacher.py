@@ -10,7 +10,7 @@ The config reads like a distillation config (``teacher_model``, ``teacher_checkp
 
     teacher_cache: DIR        # where the cache goes
     cache:
-      k: 64                   # tokens kept per position (the rest is one tail bucket)
+      k: 128                  # tokens kept per position (the rest is one tail bucket)
       temperature: 1.0        # default: kd_loss.temperature when the config has a kd_loss
       rows: all               # all | first (cache.max_rows of them) | run
       max_rows: null

@@ -85,7 +85,7 @@ def manifest_for(cfg: DictConfig, dataset, rows: List[int], vocab_size: int) -> 
     """The manifest of a cache of ``rows`` built as ``cfg.cache`` says."""
     c = cfg.get("cache", {})
     return CacheManifest(
-        k=int(c.get("k", 64)), vocab_size=vocab_size, temperature=float(c.get("temperature", kd_temperature(cfg))),
+        k=int(c.get("k", 128)), vocab_size=vocab_size, temperature=float(c.get("temperature", kd_temperature(cfg))),
         rows=list(rows), shard_rows=int(c.get("shard_rows", 256)),
         log_prob_dtype=c.get("log_prob_dtype", "float16"), **cache_identity(cfg, dataset),
     )

@@ -45,15 +45,21 @@ def manifest(rows, **overrides):
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    config, state, _ = tiny_teacher(seed=3, vocab_size=VOCAB, initializer_range=0.3)
-    return tune_model(config, state).float().eval()
+def models():
+    """The tiny teacher as torchtune runs it (cached) and as transformers does (reference)."""
+    config, state, hf = tiny_teacher(seed=3, vocab_size=VOCAB, initializer_range=0.3)
+    return tune_model(config, state).float().eval(), hf
 
 
-def reference_row(teacher, sample, k, temperature):
-    """Top-k and tail of the teacher run on this row alone, in float64."""
+@pytest.fixture(scope="module")
+def teacher(models):
+    return models[0]
+
+
+def reference_row(hf_model, sample, k, temperature):
+    """Top-k and tail of transformers' teacher run on this row alone, in float64."""
     with torch.no_grad():
-        logits = copy.deepcopy(teacher).double()(torch.tensor([sample["tokens"]]))[0]
+        logits = copy.deepcopy(hf_model).double()(torch.tensor([sample["tokens"]])).logits[0]
     positions = label_positions(sample["labels"])
     log_p = torch.log_softmax(logits[positions] / temperature, -1)
     top = log_p.topk(k, -1)
@@ -62,7 +68,8 @@ def reference_row(teacher, sample, k, temperature):
 
 
 @pytest.mark.parametrize("temperature,dtype,tol", [(1.0, "float32", 1e-5), (2.0, "float16", 2e-3)])
-def test_cached_rows_equal_the_teachers_float64_top_k(tmp_path, teacher, temperature, dtype, tol):
+def test_cached_rows_equal_the_teachers_float64_top_k(tmp_path, models, temperature, dtype, tol):
+    teacher, hf_model = models
     ds = Rows()
     rows = [7, 0, 3, 10, 5, 1, 2]  # any order, a subset
     m = manifest(rows, temperature=temperature, log_prob_dtype=dtype)
@@ -71,7 +78,7 @@ def test_cached_rows_equal_the_teachers_float64_top_k(tmp_path, teacher, tempera
     assert sorted(cache.rows) == sorted(rows) and 4 not in cache
     for row in rows:
         ids, log_probs, tail = cache.row(row)
-        ref_ids, ref_lp, ref_tail = reference_row(teacher, ds[row], m.k, temperature)
+        ref_ids, ref_lp, ref_tail = reference_row(hf_model, ds[row], m.k, temperature)
         assert ids.shape == (len(label_positions(ds[row]["labels"])), m.k)
         assert torch.equal(ids, ref_ids)
         torch.testing.assert_close(log_probs.double(), ref_lp, atol=tol * 10, rtol=tol)
