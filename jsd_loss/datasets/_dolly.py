@@ -3,11 +3,13 @@
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch.utils.data import Dataset
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX, Message
 from torchtune.modules.transforms import Transform
+
+from jsd_loss.datasets._packing import PackedRowsDataset
 
 _SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "databricks-dolly-15k"
 DEFAULT_DOLLY_PATH = str(_SHARED / "databricks-dolly-15k.jsonl")
@@ -125,9 +127,18 @@ def dolly_dataset(
     max_rows: Optional[int] = None,
     categories: Optional[Sequence[str]] = None,
     train_on_input: bool = False,
-) -> DollySFTDataset:
+    packed: bool = False,
+) -> Union[DollySFTDataset, PackedRowsDataset]:
     """
     databricks-dolly-15k for SFT and distillation.
+
+    With ``packed=True`` (``dataset: {..., packed: True}`` in a recipe config) the rows are
+    tokenized once, up front, and packed greedily in dataset order into sequences of exactly
+    ``tokenizer.max_seq_len`` tokens (padded at the end; rows are never split, the tokenizer
+    truncates them to ``max_seq_len``), so a batch holds no per-row padding. Batches of packs
+    carry a block-causal ``mask`` and per-document ``input_pos``, so no token attends across
+    documents, and the first label of every document is ignored, so the trained positions are
+    exactly those of the unpacked rows (see :class:`~jsd_loss.datasets.PackedRowsDataset`).
 
     Args:
         tokenizer (Transform): a model tokenizer (e.g. ``smollm2_tokenizer``).
@@ -138,10 +149,24 @@ def dolly_dataset(
         max_rows (Optional[int]): keep only the first rows of the split (quick runs).
         categories (Optional[Sequence[str]]): keep only these categories.
         train_on_input (bool): also train on prompt tokens. Default: False
+        packed (bool): pack the tokenized rows into sequences of ``tokenizer.max_seq_len``
+            tokens. Default: False
 
     Returns:
-        DollySFTDataset: map-style dataset of ``{"tokens", "labels"}``.
+        Union[DollySFTDataset, PackedRowsDataset]: map-style dataset of ``{"tokens", "labels"}``
+        rows or, packed, of packs that also record each token's row (its index in the
+        unpacked dataset).
+
+    Raises:
+        ValueError: if ``packed`` and the tokenizer has no ``max_seq_len`` (before any row is
+            read or tokenized), or the selection leaves no rows.
     """
+    max_seq_len = getattr(tokenizer, "max_seq_len", None)
+    if packed and max_seq_len is None:
+        raise ValueError(
+            f"packed=True needs the tokenizer's max_seq_len (the length of every pack), but "
+            f"{type(tokenizer).__name__} has none: set tokenizer.max_seq_len in the config"
+        )
     rows = split_rows(load_rows(source), split)
     if categories is not None:
         unknown = set(categories) - {r["category"] for r in rows}
@@ -152,4 +177,7 @@ def dolly_dataset(
         rows = rows[:max_rows]
     if not rows:
         raise ValueError(f"the {split} split of {source} is empty")
-    return DollySFTDataset(rows, tokenizer, train_on_input)
+    ds = DollySFTDataset(rows, tokenizer, train_on_input)
+    if packed:
+        return PackedRowsDataset(ds, max_seq_len=max_seq_len, padding_idx=tokenizer.pad_id)
+    return ds

@@ -23,8 +23,13 @@ def tune_run_distributed(config, *args, nproc=2, check=True):
     return proc
 
 
-def test_two_ranks_match_single_device_at_same_global_batch_and_resume(tmp_path, tiny_dirs):
-    common = {"max_steps_per_epoch": 4, "save_every_n_steps": 2, "dataset.max_rows": 16}
+# packed: 40 rows of at most 256 tokens make about 28 packs, sharded over the ranks
+PACKED = {"dataset.packed": True, "tokenizer.max_seq_len": 256, "dataset.max_rows": 40}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
+def test_two_ranks_match_single_device_at_same_global_batch_and_resume(tmp_path, tiny_dirs, packed):
+    common = {"max_steps_per_epoch": 4, "save_every_n_steps": 2, "dataset.max_rows": 16, **(PACKED if packed else {})}
     single, dist = tmp_path / "single", tmp_path / "dist"
     single.mkdir(), dist.mkdir()
     tune_run(tiny_config(single, *tiny_dirs, **common, batch_size=4))

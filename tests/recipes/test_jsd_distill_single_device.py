@@ -121,6 +121,35 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_dirs):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra["step"], key)
 
 
+def test_packed_rows_train_the_same_step_as_the_rows_unpacked(tmp_path, tiny_dirs):
+    """``dataset.packed=True``: each step takes every row (all packs, or all rows padded), so
+    both runs train the same tokens and must give the same token-weighted losses and gradients,
+    two epochs running."""
+    from jsd_loss.datasets import dolly_dataset
+    from jsd_loss.models.smollm2 import smollm2_tokenizer
+
+    rows = 8
+    # no system prompt and trained prompts: each row's first label is a token, which packing must ignore
+    tokenizer = smollm2_tokenizer(str(tiny_dirs[0] / "tokenizer.json"), max_seq_len=256, default_system_prompt=None)
+    packs = len(dolly_dataset(tokenizer, source=str(DOLLY), max_rows=rows, train_on_input=True, packed=True))
+    assert packs < rows
+    common = {"tokenizer.max_seq_len": 256, "tokenizer.default_system_prompt": None, "dataset.train_on_input": True,
+              "dataset.max_rows": rows, "epochs": 2, "max_steps_per_epoch": None, "save_every_n_steps": None,
+              "lr_scheduler.num_warmup_steps": 0}
+    a, b = tmp_path / "rows", tmp_path / "packed"
+    a.mkdir(), b.mkdir()
+    tune_run(tiny_config(a, *tiny_dirs, **common, batch_size=rows))
+    proc = tune_run(tiny_config(b, *tiny_dirs, **common, batch_size=packs, **{"dataset.packed": True}))
+    assert "Packing dataset" in proc.stderr
+    ref, got = metrics(a / "out"), metrics(b / "out")
+    assert [r["step"] for r in got] == [1, 2]
+    for ra, rb in zip(ref, got):
+        for key in ("loss", "class_loss", "kd_loss", "grad_norm"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra["step"], key)
+    assert got[1]["loss"] != got[0]["loss"]
+    LlamaForCausalLM.from_pretrained(str(b / "out" / "final"))
+
+
 def test_lora_student(tmp_path, tiny_dirs):
     lora = {"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
             "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, **TINY}

@@ -4,9 +4,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from jsd_loss import JSDistillWithChunkedOutputLoss
+from jsd_loss.datasets import (
+    PackedRowsDataset, RowIndexedDataset, collate_packed_rows, padded_collate_sft_with_row_ids,
+)
 from jsd_loss.models.smollm2 import smollm2
 from jsd_loss.training import hidden_state_output, kd_step, output_weight, setup_losses, steps_per_epoch
 from tests.conftest import TINY
+from tests.jsd_loss.datasets.fakes import RowsDataset, random_rows
+from tests.reference import jsd64, log_softmax64
 
 
 def test_hidden_states_times_output_weight_are_the_logits():
@@ -99,6 +104,42 @@ def test_steps_per_epoch():
     with pytest.raises(ValueError, match="the dataset gives 2 batches of 4, fewer than gradient_accumulation_steps=3"):
         steps_per_epoch(2, 4, 3, None)
 
+
+@pytest.mark.parametrize("kd_cfg", [CHUNKED, FUSED, {**FUSED, "return_ce": True}], ids=["chunked", "fused", "fused_ce"])
+def test_a_packed_batch_with_a_dense_mask_gives_the_token_mean_of_its_rows_run_alone(kd_cfg):
+    """The recipe's path for ``dataset.packed=True`` on CPU: dense bool block-causal mask and
+    per-document positions, labels shifted as the recipe shifts them."""
+    student, teacher, _, _ = _models()
+    rows = random_rows(9, 12, seed=4, vocab=TINY["vocab_size"])
+    ds = PackedRowsDataset(RowsDataset(rows), max_seq_len=24)
+    packed = collate_packed_rows([ds[i] for i in range(len(ds))])
+    unpacked = padded_collate_sft_with_row_ids([RowIndexedDataset(RowsDataset(rows))[i] for i in range(len(rows))])
+    assert packed["mask"].dtype == torch.bool and len(ds) < len(rows)
+    losses = setup_losses(OmegaConf.create(CE), OmegaConf.create(kd_cfg))
+    if not losses.fused:
+        student.set_num_output_chunks(losses.num_output_chunks)
+        teacher.set_num_output_chunks(losses.num_output_chunks)
+    shift = lambda labels: torch.cat([labels[..., 1:], torch.full_like(labels[..., :1], -100)], -1)
+    with torch.no_grad():
+        ce, kd = kd_step(student, teacher, packed["tokens"], shift(packed["labels"]), losses, dtype=torch.float32,
+                         mask=packed["mask"], input_pos=packed["input_pos"])
+        ce_rows, kd_rows = kd_step(student, teacher, unpacked["tokens"], shift(unpacked["labels"]), losses,
+                                   dtype=torch.float32)
+    assert ce.item() == pytest.approx(ce_rows.item(), rel=1e-6) and kd.item() == pytest.approx(kd_rows.item(), rel=1e-6)
+    student.set_num_output_chunks(0), teacher.set_num_output_chunks(0)
+    ce_sum = kd_sum = count = 0
+    for r in rows:  # reference: each row alone, float64 losses from the definitions
+        tokens, labels = torch.tensor([r["tokens"]]), shift(torch.tensor(r["labels"]))
+        with torch.no_grad():
+            logits, teacher_logits = student(tokens)[0], teacher(tokens)[0]
+        at = labels != -100
+        ce_sum += -log_softmax64(logits[at]).gather(1, labels[at, None]).sum()
+        kd_sum += jsd64(logits[at], teacher_logits[at], beta=0.5).sum()
+        count += int(at.sum())
+    assert count > 20
+    # the fused losses' float32 closed forms are within ~1e-5 of the float64 definition
+    assert ce.item() == pytest.approx(float(ce_sum / count), rel=5e-5)
+    assert kd.item() == pytest.approx(float(kd_sum / count), rel=5e-5) and 0 < kd.item() < 0.6932
 
 
 class ChunkedWithChunkSize(JSDistillWithChunkedOutputLoss):
