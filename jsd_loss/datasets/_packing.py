@@ -112,6 +112,10 @@ class PackedRowsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.packs)
 
+    def rows_of(self, index: int) -> List[int]:
+        """The dataset rows packed into pack ``index``, in order."""
+        return self.packs[index][3].tolist()
+
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         """
         Returns:

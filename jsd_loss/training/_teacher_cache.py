@@ -6,6 +6,7 @@ from typing import Dict, List
 
 from omegaconf import DictConfig, OmegaConf
 
+from jsd_loss.datasets import PackedRowsDataset, RowIndexedDataset
 from jsd_loss.teacher import (
     CacheManifest,
     TopKTeacherCache,
@@ -18,8 +19,10 @@ from jsd_loss.teacher import (
 
 
 def unpacked(dataset):
-    """The dataset of rows under a packed one (cache rows are indices into it)."""
-    return getattr(dataset, "unpacked", dataset)
+    """The dataset of rows under a packed or row-indexed one (cache rows are indices into it)."""
+    while isinstance(dataset, (PackedRowsDataset, RowIndexedDataset)):
+        dataset = dataset.ds
+    return dataset
 
 
 def cache_identity(cfg: DictConfig, dataset) -> Dict[str, object]:

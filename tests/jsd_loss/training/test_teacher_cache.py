@@ -78,3 +78,25 @@ def test_an_unfinished_or_absent_cache_is_refused(tmp_path, tiny_dirs):
     m.write(cfg.teacher_cache)
     with pytest.raises(FileNotFoundError, match="incomplete: 2 of 2 shards missing"):
         open_teacher_cache(cfg, _dataset(cfg), vocab_size=49152, world_size=1)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_run_rows_are_the_rows_the_dataloader_yields(tmp_path, tiny_dirs, packed, world_size):
+    from jsd_loss.training import build_dataloader
+
+    cfg = _cfg(tmp_path, tiny_dirs, shuffle=True, max_steps_per_epoch=3, epochs=2, gradient_accumulation_steps=2,
+               batch_size=1, **{"dataset.packed": packed, "dataset.max_rows": 40})
+    tokenizer = config.instantiate(cfg.tokenizer)
+    seen = set()
+    for rank in range(world_size):
+        loader = build_dataloader(cfg.dataset, tokenizer, batch_size=1, shuffle=True, seed=cfg.seed,
+                                  ignore_index=-100, world_size=world_size, rank=rank)
+        for epoch in range(cfg.epochs):
+            loader.sampler.set_epoch(epoch)
+            for i, batch in enumerate(loader):
+                if i == cfg.max_steps_per_epoch * cfg.gradient_accumulation_steps:
+                    break
+                seen |= set(batch["row_ids"].unique().tolist()) - {-1}
+    rows = run_rows(cfg, loader.dataset, world_size)
+    assert len(rows) == len(set(rows)) and set(rows) == seen
