@@ -30,11 +30,16 @@ class _DivergenceLoss(nn.Module):
         teacher_logits: Union[torch.Tensor, TopKDistribution],
         labels: torch.Tensor,
     ) -> torch.Tensor:
-        """Sum of the divergence over unmasked tokens; masked rows are never computed."""
-        if isinstance(teacher_logits, TopKDistribution):
-            return self._topk_token_sum(student_logits, teacher_logits, labels)
+        """Sum of the divergence over unmasked tokens; masked rows are never computed.
+        The teacher is dense logits of the student's shape or a top-k + tail teacher of the
+        same token shape."""
+        topk = isinstance(teacher_logits, TopKDistribution)
+        if topk:
+            _check_shapes(student_logits, teacher_logits)  # before flattening; ids on kept rows
+            teacher_logits = teacher_logits.to(student_logits.device).flatten()
+        else:
+            teacher_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))
         student_logits = student_logits.reshape(-1, student_logits.size(-1))
-        teacher_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))
         labels = labels.reshape(-1)
         if labels.numel() != student_logits.size(0):
             raise ValueError(
@@ -43,30 +48,10 @@ class _DivergenceLoss(nn.Module):
             )
         keep = labels != self.ignore_index
         if not bool(keep.all()):  # skip masked rows; the copy is paid only when some are
-            student_logits, teacher_logits = student_logits[keep], teacher_logits[keep]
-        return student_divergence(
-            student_logits, teacher_logits, self.beta, self.temperature
-        ).sum()
-
-    def _topk_token_sum(
-        self, student_logits: torch.Tensor, teacher: TopKDistribution, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """:meth:`token_sum` for a top-k + tail teacher of the same token shape."""
-        _check_shapes(student_logits, teacher)  # before flattening; ids on kept rows below
-        student_logits = student_logits.reshape(-1, student_logits.size(-1))
-        teacher = teacher.to(student_logits.device).flatten()
-        labels = labels.reshape(-1)
-        if labels.numel() != student_logits.size(0):
-            raise ValueError(
-                f"labels hold {labels.numel()} tokens but the logits hold "
-                f"{student_logits.size(0)}"
-            )
-        keep = labels != self.ignore_index
-        if not bool(keep.all()):
-            student_logits, teacher = student_logits[keep], teacher.select(keep)
-        return topk_student_divergence(
-            student_logits, teacher, self.beta, self.temperature
-        ).sum()
+            student_logits = student_logits[keep]
+            teacher_logits = teacher_logits.select(keep) if topk else teacher_logits[keep]
+        divergence = topk_student_divergence if topk else student_divergence
+        return divergence(student_logits, teacher_logits, self.beta, self.temperature).sum()
 
     def forward(
         self,

@@ -243,8 +243,10 @@ class _ClosedFormDivergence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student_logits, teacher_logits, beta, temperature):
-        div, grad = generalized_jsd_and_grad(student_logits, teacher_logits, beta, temperature)
+    def forward(ctx, student_logits, teacher, beta, temperature, value_and_grad=None):
+        """``value_and_grad(student_logits, teacher, beta, temperature)`` gives the per-token
+        divergence and its gradient (default: :func:`generalized_jsd_and_grad`)."""
+        div, grad = (value_and_grad or generalized_jsd_and_grad)(student_logits, teacher, beta, temperature)
         ctx.save_for_backward(grad)
         ctx.logits_dtype = student_logits.dtype
         return div
@@ -252,7 +254,7 @@ class _ClosedFormDivergence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_div):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_div.unsqueeze(-1)).to(ctx.logits_dtype), None, None, None
+        return (grad * grad_div.unsqueeze(-1)).to(ctx.logits_dtype), None, None, None, None
 
 
 def student_divergence(

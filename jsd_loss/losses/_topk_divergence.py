@@ -29,6 +29,7 @@ import torch
 
 from jsd_loss.losses._functional import (
     _LOG_ZERO,
+    _ClosedFormDivergence,
     _check_args,
     _divergence_of_log_probs,
     _log_probs,
@@ -146,22 +147,6 @@ def topk_generalized_jsd_and_grad(
     return _topk_jsd_and_grad(student_logits, teacher, beta, temperature)
 
 
-class _ClosedFormTopKDivergence(torch.autograd.Function):
-    """Per-token top-k divergence whose backward reuses the gradient computed in forward."""
-
-    @staticmethod
-    def forward(ctx, student_logits, teacher, beta, temperature):
-        div, grad = _topk_jsd_and_grad(student_logits, teacher, beta, temperature)
-        ctx.save_for_backward(grad)
-        ctx.logits_dtype = student_logits.dtype
-        return div
-
-    @staticmethod
-    def backward(ctx, grad_div):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_div.unsqueeze(-1)).to(ctx.logits_dtype), None, None, None
-
-
 def topk_student_divergence(
     student_logits: torch.Tensor,
     teacher: TopKDistribution,
@@ -181,4 +166,4 @@ def topk_student_divergence(
     ):
         return topk_generalized_jsd(student_logits, teacher, beta, temperature)
     teacher = _prepare(student_logits, teacher, beta, temperature)
-    return _ClosedFormTopKDivergence.apply(student_logits, teacher, beta, temperature)
+    return _ClosedFormDivergence.apply(student_logits, teacher, beta, temperature, _topk_jsd_and_grad)

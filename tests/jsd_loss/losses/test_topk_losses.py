@@ -14,20 +14,8 @@ from jsd_loss import (
     TopKDistribution,
     topk_from_logits,
 )
+from tests.jsd_loss.losses.test_topk_divergence import BETAS, TEMPERATURES, _logits, _teacher64
 from tests.reference import topk_jsd64, topk_teacher64
-
-BETAS = [0.0, 0.5, 0.9, 1.0]
-TEMPERATURES = [0.5, 1.0, 4.0]
-
-
-def _logits(*shape, scale=3.0, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-
-def _teacher64(t_logits, k, temperature=1.0):
-    """Top-k + tail teacher built independently of topk_from_logits (float64 sort and sum)."""
-    return TopKDistribution(*topk_teacher64(t_logits, k, temperature))
 
 
 def _labels(b, t, v, seed=0):
