@@ -66,7 +66,7 @@ def _config(variant: str, args, out: Path) -> Path:
     if variant.startswith("cached"):
         cfg.teacher_cache = str(out.parent / f"cache_{variant}")
         cfg.cache = {"k": args.k, "rows": "run"}
-    if variant.endswith("packed"):
+    if "packed" in variant:
         cfg.dataset.packed = True
     if variant == "stock_lora":
         cfg.compile = False

@@ -42,10 +42,10 @@ from torchtune import config, training, utils
 from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
-from jsd_loss.teacher import RowNotCachedError, cached_teacher
 from jsd_loss.training import (
     NOT_IMPLEMENTED,
     SHARDING_ONLY,
+    batch_teacher,
     build_dataloader,
     check_checkpoints,
     check_models_agree,
@@ -307,22 +307,10 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         # Shift labels: position t predicts token t + 1
         labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
         return kd_step(
-            self._model, self._teacher_for(batch, labels), batch["tokens"], labels, self._losses, dtype=self._dtype,
+            self._model, batch_teacher(self._teacher_cache, self._teacher_model, batch, labels, self._losses.ignore_index),
+            batch["tokens"], labels, self._losses, dtype=self._dtype,
             mask=batch.get("mask", None), input_pos=batch.get("input_pos", None), weight_of=self._output_weight,
         )
-
-    def _teacher_for(self, batch: Dict[str, torch.Tensor], labels: torch.Tensor):
-        """The batch's cached teacher distributions, or the live teacher."""
-        if self._teacher_cache is None:
-            return self._teacher_model
-        try:
-            return cached_teacher(
-                self._teacher_cache, batch["tokens"], labels, batch["row_ids"], self._losses.ignore_index
-            ).to(self._device)
-        except RowNotCachedError:
-            if self._teacher_model is None:
-                raise
-            return self._teacher_model
 
     # the number the summed per-token loss gradients are multiplied by before dividing by
     # the step's token count; FSDP2 averages gradients over ranks, so the distributed

@@ -28,6 +28,7 @@ from jsd_loss.training._models import (
     setup_teacher,
 )
 from jsd_loss.training._teacher_cache import (
+    batch_teacher,
     cache_identity,
     kd_temperature,
     manifest_for,
@@ -46,6 +47,7 @@ __all__ = [
     "RECIPE_STATE",
     "SHAPE_KEYS",
     "SHARDING_ONLY",
+    "batch_teacher",
     "build_dataloader",
     "cache_identity",
     "build_model",

@@ -2,14 +2,20 @@
 the rows its run draws, and a cache opened only when it matches both."""
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Union
+
+import torch
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from jsd_loss.datasets import PackedRowsDataset, RowIndexedDataset
+from jsd_loss.losses import TopKDistribution
 from jsd_loss.teacher import (
+    RowNotCachedError,
     CacheManifest,
     TopKTeacherCache,
+    cached_teacher,
     dataset_sha256,
     missing_rows,
     rows_drawn,
@@ -92,3 +98,24 @@ def manifest_for(cfg: DictConfig, dataset, rows: List[int], vocab_size: int) -> 
         rows=list(rows), shard_rows=int(c.get("shard_rows", 256)),
         log_prob_dtype=c.get("log_prob_dtype", "float16"), **cache_identity(cfg, dataset),
     )
+
+
+def batch_teacher(
+    cache: Optional[TopKTeacherCache],
+    live: Optional[nn.Module],
+    batch: Dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    ignore_index: int,
+) -> Union[nn.Module, TopKDistribution]:
+    """What :func:`~jsd_loss.training.kd_step` takes as the teacher of ``batch`` (shifted
+    ``labels``): its cached distributions, on the labels' device; the ``live`` teacher when
+    there is no cache, or when a row is not cached and there is a live teacher to fall back on.
+    """
+    if cache is None:
+        return live
+    try:
+        return cached_teacher(cache, batch["tokens"], labels, batch["row_ids"], ignore_index).to(labels.device)
+    except RowNotCachedError:
+        if live is None:
+            raise
+        return live
