@@ -32,7 +32,7 @@ from torchtune import config, training, utils
 
 from jsd_loss.checkpointing import read_config
 from jsd_loss.teacher import build_topk_cache
-from jsd_loss.training import checked_meta_model, manifest_for, run_rows, setup_teacher, unpacked
+from jsd_loss.training import check_checkpoint_files, checked_meta_model, manifest_for, run_rows, setup_teacher, unpacked
 
 log = utils.get_logger("INFO")
 
@@ -65,9 +65,7 @@ class TeacherCacheRecipe:
         cfg = self._cfg
         teacher_dir = Path(cfg.teacher_checkpointer.checkpoint_dir)
         teacher_hf_config = read_config(teacher_dir)
-        for name in cfg.teacher_checkpointer.get("checkpoint_files", []):
-            if not (teacher_dir / name).is_file():
-                raise FileNotFoundError(f"teacher checkpoint file not found: {teacher_dir / name}")
+        check_checkpoint_files(cfg.teacher_checkpointer, "teacher")
         checked_meta_model(cfg.teacher_model, self._dtype, teacher_hf_config, "teacher", teacher_dir)
         tokenizer = config.instantiate(cfg.tokenizer)
         dataset = config.instantiate(cfg.dataset, tokenizer)

@@ -16,7 +16,6 @@ from jsd_loss.teacher._fingerprint import (
 from jsd_loss.teacher._lookup import RowNotCachedError, cached_teacher, missing_rows
 from jsd_loss.teacher._rows import item_rows, rows_drawn
 from jsd_loss.teacher._store import (
-    IDENTITY_FIELDS,
     CacheManifest,
     ShardRecord,
     TopKTeacherCache,
@@ -25,7 +24,6 @@ from jsd_loss.teacher._store import (
 )
 
 __all__ = [
-    "IDENTITY_FIELDS",
     "CacheManifest",
     "RowNotCachedError",
     "ShardRecord",

@@ -1,5 +1,6 @@
 """A batch's teacher distributions, read from the cache instead of computed."""
 
+import math
 from typing import List
 
 import torch
@@ -48,7 +49,7 @@ def cached_teacher(
     batch, width = labels.shape
     k = cache.manifest.k
     ids = torch.arange(k, dtype=torch.long).expand(batch, width, k).clone()
-    log_probs = torch.full((batch, width, k), -torch.log(torch.tensor(float(k))).item())
+    log_probs = torch.full((batch, width, k), -math.log(k))
     tail = torch.full((batch, width), float("-inf"))
     tokens, labels, row_ids = tokens.cpu(), labels.cpu(), row_ids.cpu()
     for b in range(batch):

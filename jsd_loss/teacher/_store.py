@@ -31,8 +31,6 @@ from jsd_loss.losses import TopKDistribution
 FORMAT = "jsd_distill.topk_teacher_cache/1"
 MANIFEST = "manifest.json"
 LOG_PROB_DTYPES = ("float16", "float32")
-# the manifest fields that say what a cache is a cache *of*; a consumer checks them all
-IDENTITY_FIELDS = ("teacher_sha256", "tokenizer_sha256", "dataset_sha256", "max_seq_len", "temperature")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from jsd_loss.training._checkpoint import (
 from jsd_loss.training._config_keys import NOT_IMPLEMENTED, SHARDING_ONLY, refuse_unimplemented
 from jsd_loss.training._data import build_dataloader, steps_per_epoch
 from jsd_loss.training._families import LLAMA_LAYOUT, hf_converter
-from jsd_loss.training._inputs import check_checkpoints, check_models_agree
+from jsd_loss.training._inputs import check_checkpoint_files, check_checkpoints, check_models_agree
 from jsd_loss.training._kd_step import KDLosses, hidden_state_output, kd_step, output_weight, setup_losses
 from jsd_loss.training._memory import peak_memory_gib, reset_peak_memory
 from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
@@ -51,6 +51,7 @@ __all__ = [
     "build_dataloader",
     "cache_identity",
     "build_model",
+    "check_checkpoint_files",
     "check_checkpoints",
     "check_model_shape",
     "checked_meta_model",

@@ -11,6 +11,13 @@ from torch import nn
 from jsd_loss.checkpointing import read_config
 
 
+def check_checkpoint_files(ckpt: DictConfig, who: str) -> None:
+    """Every file a checkpointer config lists exists in its ``checkpoint_dir``."""
+    for name in ckpt.get("checkpoint_files", []):
+        if not (Path(ckpt.checkpoint_dir) / name).is_file():
+            raise FileNotFoundError(f"{who} checkpoint file not found: {Path(ckpt.checkpoint_dir) / name}")
+
+
 def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, dict]:
     """``config.json`` of the student's and the teacher's checkpoint directories, once their
     checkpoint files exist and the two agree on vocabulary and tokenizer.
@@ -25,10 +32,8 @@ def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, d
     """
     student_dir, teacher_dir = Path(student.checkpoint_dir), Path(teacher.checkpoint_dir)
     student_cfg, teacher_cfg = read_config(student_dir), read_config(teacher_dir)
-    for who, ckpt in (("student", student), ("teacher", teacher)):
-        for name in ckpt.get("checkpoint_files", []):
-            if not (Path(ckpt.checkpoint_dir) / name).is_file():
-                raise FileNotFoundError(f"{who} checkpoint file not found: {Path(ckpt.checkpoint_dir) / name}")
+    check_checkpoint_files(student, "student")
+    check_checkpoint_files(teacher, "teacher")
     if student_cfg.get("vocab_size") != teacher_cfg.get("vocab_size"):
         raise ValueError(
             f"vocab mismatch: student ({student_dir}) has vocab_size {student_cfg.get('vocab_size')}, "
