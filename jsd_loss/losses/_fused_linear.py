@@ -6,11 +6,10 @@ hidden states and output weight) are computed immediately and the chunk's logits
 freed. The backward pass only rescales the stored gradients. Pure PyTorch: runs on CPU
 and CUDA. Same idea as Liger-Kernel's fused-linear JSD, without Triton.
 
-Under ``torch.autocast`` the forward switches autocast off and acts on it explicitly: the
-logit matmuls and the two gradient matmuls run in autocast's dtype (bf16), the divergence and
-CE math in float32 (float64 for float64 hidden states), and the gradients accumulate in float32
-buffers (one bf16 rounding per chunk, as autocast rounds an unfused linear's gradients once).
-Without autocast each model's matmuls run in its own weight dtype.
+Under ``torch.autocast`` the logit and gradient matmuls run in its dtype, cast explicitly
+(autocast itself is off inside), the divergence and CE math in float32, and the gradients
+accumulate in float32 (one bf16 rounding per chunk); without it, each model's matmuls run in
+its own weight dtype.
 """
 
 from typing import Optional, Tuple, Union
