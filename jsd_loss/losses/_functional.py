@@ -22,6 +22,8 @@ Conventions used throughout the package:
   ``beta = 1`` the reverse KL ``KL(P_s || P_t)``.
 * Results are multiplied by ``temperature ** 2`` so that gradient magnitudes stay
   comparable across temperatures (Hinton et al., 2015).
+* The math ignores ``torch.autocast`` (switched off in each function: autocast would run
+  the row dot products, matmuls, in bf16); only the fused losses' big matmuls follow it.
 * Vocabulary entries with ``-inf`` logits (banned tokens) have probability exactly 0.
   Their log-probability is floored at a large finite negative value, so ``0 * log 0``
   terms are 0 in value and in gradient instead of NaN. A KL whose support is violated
@@ -34,6 +36,8 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+
+from jsd_loss.losses._autocast import _autocast_off
 
 # log-probability used for probability-zero entries: far below any real log-probability
 # (float32 underflows exp() near -104) yet finite, so differences and products stay finite.
@@ -106,6 +110,7 @@ def _divergence_of_log_probs(
     )
 
 
+@_autocast_off
 def generalized_jsd(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -176,6 +181,7 @@ def kl_direction_to_beta(direction: str) -> float:
 
 
 @torch.no_grad()
+@_autocast_off
 def generalized_jsd_and_grad(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

@@ -5,6 +5,11 @@ token chunk at a time; each chunk's loss and closed-form gradients (w.r.t. the s
 hidden states and output weight) are computed immediately and the chunk's logits are
 freed. The backward pass only rescales the stored gradients. Pure PyTorch: runs on CPU
 and CUDA. Same idea as Liger-Kernel's fused-linear JSD, without Triton.
+
+Under ``torch.autocast`` the logit and gradient matmuls run in its dtype, cast explicitly
+(autocast itself is off inside), the divergence and CE math in float32, and the gradients
+accumulate in float32 (one bf16 rounding per chunk); without it, each model's matmuls run in
+its own weight dtype.
 """
 
 from typing import Optional, Tuple, Union
@@ -12,6 +17,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from jsd_loss.losses._autocast import _autocast_dtype, _autocast_off
 from jsd_loss.losses._functional import (
     _check_args,
     generalized_jsd_and_grad,
@@ -39,6 +45,7 @@ def _is_one(t: torch.Tensor) -> bool:
 
 class _FusedLinearDistillFunction(torch.autograd.Function):
     @staticmethod
+    @_autocast_off
     def forward(
         ctx,
         student_hidden: torch.Tensor,
@@ -51,6 +58,7 @@ class _FusedLinearDistillFunction(torch.autograd.Function):
         ignore_index: int,
         chunk_size: int,
         with_ce: bool,
+        matmul_dtype: Optional[torch.dtype],
     ):
         keep = (labels != ignore_index).nonzero().squeeze(-1)
         n_valid = keep.numel()
@@ -58,6 +66,10 @@ class _FusedLinearDistillFunction(torch.autograd.Function):
         math_dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
         need_h = student_hidden.requires_grad
         need_w = student_weight.requires_grad
+        # the operands of every matmul, cast once: autocast's dtype, else each weight's own
+        s_weight = student_weight.to(matmul_dtype or student_weight.dtype)
+        if teacher_weight is not None:
+            teacher_weight = teacher_weight.to(matmul_dtype or teacher_weight.dtype)
 
         grads = {}
         for name in ("kd", "ce") if with_ce else ("kd",):
@@ -69,13 +81,13 @@ class _FusedLinearDistillFunction(torch.autograd.Function):
 
         for start in range(0, n_valid, chunk_size):
             idx = keep[start : start + chunk_size]
-            h = student_hidden[idx]
-            s_logits = h @ student_weight.t()
+            h = student_hidden[idx].to(s_weight.dtype)
+            s_logits = h @ s_weight.t()
             if isinstance(teacher_hidden, TopKDistribution):
                 t_rows = teacher_hidden.select(idx)
                 kd_tok, g_logits = _topk_jsd_and_grad(s_logits, t_rows, beta, temperature)
             else:
-                t_logits = teacher_hidden[idx] @ teacher_weight.t()
+                t_logits = teacher_hidden[idx].to(teacher_weight.dtype) @ teacher_weight.t()
                 kd_tok, g_logits = generalized_jsd_and_grad(s_logits, t_logits, beta, temperature)
                 del t_logits
             chunk_results = {"kd": (kd_tok.sum(), g_logits)}
@@ -84,10 +96,10 @@ class _FusedLinearDistillFunction(torch.autograd.Function):
             del s_logits
             for name, (total, g) in chunk_results.items():
                 totals[name] += total
-                g = g.div_(denom).to(student_hidden.dtype)
+                g = g.div_(denom).to(s_weight.dtype)
                 g_hidden, g_weight = grads[name]
                 if need_h:
-                    g_hidden.index_copy_(0, idx, (g @ student_weight).to(math_dtype))
+                    g_hidden.index_copy_(0, idx, (g @ s_weight).to(math_dtype))
                 if need_w:
                     if g_weight.dtype == g.dtype:
                         g_weight.addmm_(g.t(), h)
@@ -124,7 +136,7 @@ class _FusedLinearDistillFunction(torch.autograd.Function):
         return (
             grad_h.to(dtype_h) if grad_h is not None else None,
             grad_w.to(dtype_w) if grad_w is not None else None,
-            *([None] * 8),
+            *([None] * 9),
         )
 
 
@@ -202,7 +214,7 @@ class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
         return _FusedLinearDistillFunction.apply(
             student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
             labels, self.beta, self.temperature, self.ignore_index, self.chunk_size,
-            self.return_ce,
+            self.return_ce, _autocast_dtype(student_hidden.device),
         )
 
     def _forward_topk(self, student_hidden, student_weight, teacher, teacher_weight, labels):
@@ -223,6 +235,7 @@ class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
         return _FusedLinearDistillFunction.apply(
             student_hidden, student_weight, teacher, None, labels, self.beta,
             self.temperature, self.ignore_index, self.chunk_size, self.return_ce,
+            _autocast_dtype(student_hidden.device),
         )
 
 

@@ -27,6 +27,7 @@ from typing import Tuple
 
 import torch
 
+from jsd_loss.losses._autocast import _autocast_off
 from jsd_loss.losses._functional import (
     _LOG_ZERO,
     _ClosedFormDivergence,
@@ -51,6 +52,7 @@ def _prepare(student_logits, teacher, beta, temperature) -> TopKDistribution:
     return teacher
 
 
+@_autocast_off
 def topk_generalized_jsd(
     student_logits: torch.Tensor,
     teacher: TopKDistribution,
@@ -84,6 +86,7 @@ def topk_generalized_jsd(
 
 
 @torch.no_grad()
+@_autocast_off
 def _topk_jsd_and_grad(
     student_logits: torch.Tensor,
     teacher: TopKDistribution,

@@ -77,7 +77,7 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
             model, state_dict, self._device, strict=strict, cpu_offload=self._cpu_offload
         )
 
-    def _check_model(self, model: nn.Module) -> None:
+    def _check_model(self, model: nn.Module, dtype: torch.dtype) -> None:
         training.validate_no_params_on_meta_device(model)
 
     @staticmethod

@@ -8,7 +8,8 @@
 #     student and teacher setup (adapters, weights) is jsd_loss.training's, shared with the
 #     distributed recipe;
 #   - CPU training (the stock recipe refuses it), peak RSS logged on CPU
-#     (log_peak_memory_stats defaults to True);
+#     (log_peak_memory_stats defaults to True); ``mixed_precision: bf16`` (bf16 autocast over
+#     the forwards and losses, fp32 master weights) and ``teacher_dtype`` (jsd_loss.training);
 #   - any KD loss from config: torchtune's, ours (JSD, true KL), chunked or not, and
 #     fused-linear losses (declared by jsd_loss.losses.FusedLinearDistillLoss), which
 #     receive hidden states and output weights, not logits;
@@ -58,6 +59,7 @@ from jsd_loss.training import (
     open_teacher_cache,
     output_weight,
     peak_memory_gib,
+    precision_from_config,
     refuse_earlier_run,
     refuse_unimplemented,
     reset_peak_memory,
@@ -84,7 +86,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         cfg (DictConfig): OmegaConf object parsed from yaml file
 
     Raises:
-        ValueError: If ``dtype`` is set to fp16.
+        ValueError: for fp16, or ``dtype``, ``teacher_dtype`` and ``mixed_precision`` values
+            that cannot work together (see :func:`~jsd_loss.training.precision_from_config`).
     """
 
     # stock config keys this recipe refuses when they ask for something (the distributed
@@ -94,9 +97,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
     def __init__(self, cfg: DictConfig) -> None:
         refuse_unimplemented(cfg, self._not_implemented)
         self._device = utils.get_device(device=cfg.device)
-        self._dtype = training.get_dtype(cfg.dtype, device=self._device)
-        if self._dtype == torch.float16:
-            raise ValueError("fp16 precision is not supported in this recipe. Please use fp32 or bf16.")
+        self._precision = precision_from_config(cfg, self._device)  # refuses what cannot work
+        self._dtype = self._precision.dtype
 
         # checkpoints go where the checkpointer says (its output_dir), as in the stock recipe
         self._output_dir = Path(cfg.checkpointer.get("output_dir", cfg.output_dir))
@@ -126,7 +128,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         # the models as their configs build them, on meta (no memory, no weights read): of
         # their checkpoints' shapes, and a student that saving can convert
         student = checked_meta_model(cfg.model, self._dtype, self._student_hf_config, "student", self._student_dir)
-        checked_meta_model(cfg.teacher_model, self._dtype, teacher_hf_config, "teacher",
+        checked_meta_model(cfg.teacher_model, self._precision.teacher_dtype, teacher_hf_config, "teacher",
                            Path(cfg.teacher_checkpointer.checkpoint_dir))
         self._to_hf = hf_converter(cfg.checkpointer, self._student_hf_config, student, cfg.get("hf_converter"))
         # removed once setup has succeeded
@@ -231,8 +233,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
     def _load_weights(self, model: nn.Module, state_dict: Dict[str, Any], strict: bool) -> Tuple[List[str], List[str]]:
         return model.load_state_dict(state_dict, strict=strict)
 
-    def _check_model(self, model: nn.Module) -> None:
-        training.validate_expected_param_dtype(model.named_parameters(), dtype=self._dtype)
+    def _check_model(self, model: nn.Module, dtype: torch.dtype) -> None:
+        training.validate_expected_param_dtype(model.named_parameters(), dtype=dtype)
 
     def _setup_model(
         self, cfg_model: DictConfig, enable_activation_checkpointing: bool, model_state_dict: Dict[str, Any]
@@ -242,7 +244,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             activation_checkpointing=enable_activation_checkpointing, on_meta=self._build_on_meta,
             load=self._load_weights,
         )
-        self._check_model(model)
+        self._check_model(model, self._dtype)
         utils.log_rank_zero(
             log,
             f"Student model ({'LoRA' if self._lora else 'full-parameter'}, {num_trainable(model):,} trainable "
@@ -253,11 +255,11 @@ class KDRecipeSingleDevice(FTRecipeInterface):
 
     def _setup_teacher_model(self, model_cfg: DictConfig, model_state_dict: Dict[str, Any]) -> nn.Module:
         model = setup_teacher(
-            model_cfg, model_state_dict, device=self._device, dtype=self._dtype, on_meta=self._build_on_meta,
-            load=self._load_weights,
+            model_cfg, model_state_dict, device=self._device, dtype=self._precision.teacher_dtype,
+            on_meta=self._build_on_meta, load=self._load_weights,
         )
-        self._check_model(model)
-        utils.log_rank_zero(log, f"Teacher model is initialized with precision {self._dtype}.")
+        self._check_model(model, self._precision.teacher_dtype)
+        utils.log_rank_zero(log, f"Teacher model is initialized with precision {self._precision.teacher_dtype}.")
         self._barrier()
         return model
 
@@ -306,11 +308,12 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         labels = batch["labels"]
         # Shift labels: position t predicts token t + 1
         labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
-        return kd_step(
-            self._model, batch_teacher(self._teacher_cache, self._teacher_model, batch, labels, self._losses.ignore_index),
-            batch["tokens"], labels, self._losses, dtype=self._dtype,
-            mask=batch.get("mask", None), input_pos=batch.get("input_pos", None), weight_of=self._output_weight,
-        )
+        teacher = batch_teacher(self._teacher_cache, self._teacher_model, batch, labels, self._losses.ignore_index)
+        with self._precision.autocast(self._device):
+            return kd_step(
+                self._model, teacher, batch["tokens"], labels, self._losses, dtype=self._dtype,
+                mask=batch.get("mask", None), input_pos=batch.get("input_pos", None), weight_of=self._output_weight,
+            )
 
     # the number the summed per-token loss gradients are multiplied by before dividing by
     # the step's token count; FSDP2 averages gradients over ranks, so the distributed

@@ -1,6 +1,6 @@
 """What the recipes share: model and adapter setup, model shapes against checkpoints, input
-and config-key checks, data loading, the KD step, run directories and checkpoints, saving by
-model family, peak memory, metric logging."""
+and config-key checks, precision, data loading, the KD step, run directories and checkpoints,
+saving by model family, peak memory, metric logging."""
 
 from jsd_loss.training._checkpoint import (
     RECIPE_STATE,
@@ -27,6 +27,7 @@ from jsd_loss.training._models import (
     setup_student,
     setup_teacher,
 )
+from jsd_loss.training._precision import Precision, precision_from_config
 from jsd_loss.training._teacher_cache import (
     batch_teacher,
     cache_identity,
@@ -44,6 +45,7 @@ __all__ = [
     "LLAMA_LAYOUT",
     "LoRA",
     "NOT_IMPLEMENTED",
+    "Precision",
     "RECIPE_STATE",
     "SHAPE_KEYS",
     "SHARDING_ONLY",
@@ -72,6 +74,7 @@ __all__ = [
     "open_teacher_cache",
     "output_weight",
     "peak_memory_gib",
+    "precision_from_config",
     "read_metrics",
     "refuse_earlier_run",
     "refuse_unimplemented",

@@ -81,7 +81,8 @@ def kd_step(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     ``(class_loss, kd_loss)`` of one batch; the teacher runs without gradients, or is not
-    run at all when its distributions come from a cache.
+    run at all when its distributions come from a cache. Under mixed precision the caller
+    runs it inside :meth:`~jsd_loss.training.Precision.autocast`.
 
     Args:
         student (nn.Module): the student (its ``num_output_chunks`` set as ``losses`` needs).
@@ -90,7 +91,7 @@ def kd_step(
         tokens (torch.Tensor): input tokens, (B, T).
         labels (torch.Tensor): next-token labels (already shifted), (B, T).
         losses (KDLosses): the two losses.
-        dtype (torch.dtype): dtype of the hidden states handed to a fused-linear loss.
+        dtype (torch.dtype): dtype of the student hidden states handed to a fused-linear loss.
         mask (Optional[torch.Tensor]): attention mask. Default: None
         input_pos (Optional[torch.Tensor]): positions. Default: None
         weight_of (Callable[[nn.Module], torch.Tensor]): a model's output weight as a
@@ -107,7 +108,8 @@ def kd_step(
             teacher_hidden, teacher_weight = teacher, None
         else:
             with torch.no_grad(), hidden_state_output(teacher):
-                teacher_hidden = teacher(tokens, mask=mask, input_pos=input_pos).to(dtype)
+                # in the teacher's own dtype: the loss casts it for its matmul
+                teacher_hidden = teacher(tokens, mask=mask, input_pos=input_pos)
             teacher_weight = weight_of(teacher)
         out = losses.kd_loss(hidden, weight_of(student), teacher_hidden, teacher_weight, labels)
         if losses.kd_loss.return_ce:

@@ -70,3 +70,33 @@ def test_lora_builder_has_stock_arguments_and_adapts():
     assert sum(lora.values()) == 30 * ((576 * 8 + 8 * 576) + (576 * 8 + 8 * 192))
     with pytest.raises(ValueError, match="tied"):
         lora_smollm2_135m(["q_proj"], apply_lora_to_output=True)
+
+
+class _LinearInputs(torch.overrides.TorchFunctionMode):
+    """Records the input of every ``F.linear`` call."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.linear:
+            self.inputs.append(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_chunked_output_projects_contiguous_slices_to_the_full_logits(dtype):
+    """A slice of the sequence dim of a 2-row batch is not contiguous; the output projection
+    must not hand one to ``F.linear`` (its CPU fallback copies the whole weight per row)."""
+    torch.manual_seed(0)
+    model = smollm2(**TINY).to(dtype).eval()
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 16))
+    with torch.no_grad():
+        full = model(tokens)
+        model.set_num_output_chunks(4)
+        with _LinearInputs() as seen:
+            chunks = model(tokens)
+    vocab_inputs = [x for x in seen.inputs if x.shape[-2] == 4]  # the 4 chunks of 4 positions
+    assert len(vocab_inputs) == 4 and all(x.is_contiguous() for x in vocab_inputs)
+    torch.testing.assert_close(torch.cat(chunks, 1).float(), full, rtol=0, atol=0)

@@ -1,0 +1,197 @@
+"""Throughput, FLOP utilisation and (``--learning``) held-out NLL of the distillation recipe at
+each precision, side by side in one run.
+
+Same teacher (SmolLM2-135M-Instruct), student (the pruned 90M), data (Dolly train, in order),
+batch, sequence length, steps and loss (chunked JSD, the quick config) for every variant:
+
+* ``fp32``: fp32 weights, gradients and AdamW state, no autocast (the default);
+* ``bf16``: pure bf16 (``dtype: bf16``): bf16 weights, gradients and AdamW state, bf16 teacher;
+* ``bf16_sr_adamw``: pure bf16 with torchao's ``_AdamW(bf16_stochastic_round=True)``;
+* ``mixed``: ``mixed_precision: bf16``: bf16 autocast over the forwards and losses, fp32
+  master weights and AdamW state, fp32 teacher weights;
+* ``mixed_bf16_teacher``: as ``mixed`` with ``teacher_dtype: bf16``.
+
+Each variant is its own ``tune run``. tokens/s is the median, over the steps after the first,
+of the label tokens per second the recipe logs (the first step of the torchao variant holds
+its torch.compile). FLOP utilisation: useful FLOP/s = (6 x student params + 2 x teacher
+params) x real tokens/s (prompt and response tokens, padding excluded: each step's
+``row_ids != -1``, counted here by running the same data loader), over the bf16 and the fp32
+matmul peak this script measures in the same run, with the runs' thread count (best time of
+matmuls of the models' shapes: 512x576x1536, the student's MLP; 512x576x49152, its output
+projection). Attention's own FLOPs are not counted, so the utilisation is a slight underestimate.
+
+    python benchmarks/bench_precision.py --steps 12 --json --teacher-dir ... --student-dir ...
+    python benchmarks/bench_precision.py --steps 60 --learning --json-out bench_precision.json
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import REPO, add_json_args, add_model_dir_args, check_model_dirs, emit_json
+from bench_recipe import BASE, heldout_nll
+
+VARIANTS = ["fp32", "bf16", "bf16_sr_adamw", "mixed", "mixed_bf16_teacher"]
+MATMULS = [(512, 576, 1536), (512, 576, 49152)]
+
+
+def _config(variant: str, args, out: Path) -> Path:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(BASE)
+    cfg.output_dir = str(out)
+    cfg.teacher_dir, cfg.student_dir = args.teacher_dir, args.student_dir
+    cfg.dataset.source = str((REPO / cfg.dataset.source).resolve())
+    cfg.max_steps_per_epoch = args.steps
+    cfg.batch_size = args.batch_size
+    cfg.tokenizer.max_seq_len = args.max_seq_len
+    cfg.save_every_n_steps = None
+    cfg.shuffle = False
+    if variant.startswith("bf16"):
+        cfg.dtype = "bf16"
+    if variant == "bf16_sr_adamw":
+        cfg.optimizer = {**cfg.optimizer, "_component_": "torchao.optim._AdamW", "bf16_stochastic_round": True}
+    if variant.startswith("mixed"):
+        cfg.mixed_precision = "bf16"
+    if variant == "mixed_bf16_teacher":
+        cfg.teacher_dtype = "bf16"
+    path = out.parent / f"{variant}.yaml"
+    OmegaConf.save(cfg, path)
+    return path
+
+
+def matmul_peaks(repeats: int = 5) -> dict:
+    """FLOP/s of the fastest of ``repeats`` timed runs of each shape in ``MATMULS``, per dtype."""
+    import torch
+
+    peaks = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        shapes = {}
+        for m, k, n in MATMULS:
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            a @ b  # warm-up
+            best = min(_timed(lambda: a @ b) for _ in range(repeats))
+            shapes[f"{m}x{k}x{n}"] = 2 * m * k * n / best
+        peaks[name] = {"flops_per_second": max(shapes.values()), "by_shape": shapes}
+    return peaks
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def model_params(config: Path) -> dict:
+    """Parameters of the student and the teacher as their configs build them (tied weights once)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from jsd_loss.training import build_model
+
+    cfg = OmegaConf.load(config)
+    return {who: sum(p.numel() for p in build_model(cfg[key], torch.device("meta"), torch.float32).parameters())
+            for who, key in (("student", "model"), ("teacher", "teacher_model"))}
+
+
+def real_to_label_tokens(config: Path, steps: int) -> list:
+    """Per step, real (non-padding) tokens over the label tokens the recipe counts, from the
+    data loader of ``config`` (unshuffled: the batches the run drew, in order)."""
+    from omegaconf import OmegaConf
+    from torchtune import config as tune_config
+
+    from jsd_loss.training import build_dataloader
+
+    cfg = OmegaConf.load(config)
+    loader = build_dataloader(cfg.dataset, tune_config.instantiate(cfg.tokenizer), batch_size=cfg.batch_size,
+                              shuffle=cfg.shuffle, seed=cfg.seed, ignore_index=-100)
+    per_step, batches = [], iter(loader)
+    for _ in range(steps):
+        group = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+        real = sum(int((b["row_ids"] != -1).sum()) for b in group)
+        labels = sum(int((b["labels"][..., 1:] != -100).sum()) for b in group)
+        per_step.append(real / labels)
+    return per_step
+
+
+def _metrics(out: Path) -> list:
+    return [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--max-seq-len", type=int, default=256)
+    add_model_dir_args(p)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--learning", action="store_true", help="score each final student's held-out Dolly NLL")
+    p.add_argument("--heldout-rows", type=int, default=60, help="eval rows scored with --learning")
+    add_json_args(p)
+    args = p.parse_args()
+    check_model_dirs(args)
+
+    peaks = matmul_peaks()
+    rows, params, ratios = {}, None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants.split(","):
+            out = Path(tmp) / variant
+            config = _config(variant, args, out)
+            if params is None:
+                params, ratios = model_params(config), real_to_label_tokens(config, args.steps)
+            proc = subprocess.run([sys.executable, "-m", "torchtune._cli.tune", "run",
+                                   "jsd_loss/recipes/jsd_distill_single_device.py", "--config", str(config)],
+                                  cwd=REPO, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{variant} failed:\n{proc.stderr[-4000:]}")
+            records = _metrics(out)
+            label_tps = [r["tokens_per_second"] for r in records]
+            real_tps = [t * ratio for t, ratio in zip(label_tps, ratios)]
+            useful = (6 * params["student"] + 2 * params["teacher"]) * statistics.median(real_tps[1:] or real_tps)
+            rows[variant] = {
+                "tokens_per_second": statistics.median(label_tps[1:] or label_tps),
+                "real_tokens_per_second": statistics.median(real_tps[1:] or real_tps),
+                "useful_flops_per_second": useful,
+                "flop_utilisation_vs_bf16_peak": useful / peaks["bf16"]["flops_per_second"],
+                "flop_utilisation_vs_fp32_peak": useful / peaks["fp32"]["flops_per_second"],
+                "steps": len(records), "final_loss": records[-1]["loss"],
+                "training_peak_rss_gib": max(r["peak_memory_gib"] for r in records),
+            }
+            if args.learning:
+                rows[variant]["heldout_nll"] = heldout_nll(out / "final", args.heldout_rows, args.max_seq_len)
+    report = {"config": {k: getattr(args, k) for k in ("steps", "batch_size", "max_seq_len")},
+              "params": params, "matmul_peaks": peaks, "variants": rows}
+    if "fp32" in rows:
+        base = rows["fp32"]["tokens_per_second"]
+        report["vs_fp32_tokens_per_second"] = {v: r["tokens_per_second"] / base for v, r in rows.items()}
+        mixed = [v for v in rows if v.startswith("mixed")]
+        if mixed:
+            best = max(mixed, key=lambda v: rows[v]["tokens_per_second"])
+            report["best_mixed_variant"] = best
+            report["mixed_vs_fp32_tokens_per_second"] = rows[best]["tokens_per_second"] / base
+    if emit_json(report, args):
+        return
+    c = report["config"]
+    print(f"steps={c['steps']} batch_size={c['batch_size']} max_seq_len={c['max_seq_len']} "
+          f"(teacher {params['teacher'] / 1e6:.0f}M, student {params['student'] / 1e6:.0f}M params)")
+    print(f"matmul peaks: bf16 {peaks['bf16']['flops_per_second'] / 1e9:.1f} GFLOP/s, "
+          f"fp32 {peaks['fp32']['flops_per_second'] / 1e9:.1f} GFLOP/s")
+    print("| variant | tokens/s | vs fp32 | FLOP util. (bf16 peak) | FLOP util. (fp32 peak) | held-out NLL |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        nll = f"{r['heldout_nll']:.4f}" if "heldout_nll" in r else "–"
+        ratio = report.get("vs_fp32_tokens_per_second", {}).get(name)
+        print(f"| {name} | {r['tokens_per_second']:.1f} | {f'{ratio:.2f}' if ratio else '–'} | "
+              f"{r['flop_utilisation_vs_bf16_peak']:.1%} | {r['flop_utilisation_vs_fp32_peak']:.1%} | {nll} |")
+    if "mixed_vs_fp32_tokens_per_second" in report:
+        print(f"mixed_vs_fp32_tokens_per_second = {report['mixed_vs_fp32_tokens_per_second']:.3f} "
+              f"({report['best_mixed_variant']})")
+
+
+if __name__ == "__main__":
+    main()
