@@ -2,14 +2,20 @@
 each precision, side by side in one run.
 
 Same teacher (SmolLM2-135M-Instruct), student (the pruned 90M), data (Dolly train, in order),
-batch, sequence length, steps and loss (chunked JSD, the quick config) for every variant:
+batch, sequence length, steps and loss (JSD with CE, the quick config) for every variant:
 
-* ``fp32``: fp32 weights, gradients and AdamW state, no autocast (the default);
+* ``fp32_baseline``: the quick config before this benchmark's speed settings: fp32, AdamW's
+  per-parameter loop, logits in 8 chunks, glibc's default malloc (``keep_freed_cpu_memory:
+  False``);
+* ``fp32``: fp32 weights, gradients and AdamW state, no autocast; the quick config's fused
+  AdamW, one logit chunk and freed memory kept for reuse, as every variant below;
 * ``bf16``: pure bf16 (``dtype: bf16``): bf16 weights, gradients and AdamW state, bf16 teacher;
 * ``bf16_sr_adamw``: pure bf16 with torchao's ``_AdamW(bf16_stochastic_round=True)``;
 * ``mixed``: ``mixed_precision: bf16``: bf16 autocast over the forwards and losses, fp32
   master weights and AdamW state, fp32 teacher weights;
-* ``mixed_bf16_teacher``: as ``mixed`` with ``teacher_dtype: bf16``.
+* ``mixed_bf16_teacher``: as ``mixed`` with ``teacher_dtype: bf16``;
+* ``mixed_bf16_teacher_fused``: as ``mixed_bf16_teacher`` with the fused-linear JSD loss (CE from
+  the same pass), whose logit matmuls run in bf16 and whose softmax math stays fp32.
 
 Each variant is its own ``tune run``. tokens/s is the median, over the steps after the first,
 of the label tokens per second the recipe logs (the first step of the torchao variant holds
@@ -36,7 +42,7 @@ from pathlib import Path
 from _common import REPO, add_json_args, add_model_dir_args, check_model_dirs, emit_json
 from bench_recipe import BASE, heldout_nll
 
-VARIANTS = ["fp32", "bf16", "bf16_sr_adamw", "mixed", "mixed_bf16_teacher"]
+VARIANTS = ["fp32_baseline", "fp32", "bf16", "bf16_sr_adamw", "mixed", "mixed_bf16_teacher", "mixed_bf16_teacher_fused"]
 MATMULS = [(512, 576, 1536), (512, 576, 49152)]
 
 
@@ -52,14 +58,21 @@ def _config(variant: str, args, out: Path) -> Path:
     cfg.tokenizer.max_seq_len = args.max_seq_len
     cfg.save_every_n_steps = None
     cfg.shuffle = False
+    if variant == "fp32_baseline":
+        cfg.optimizer.fused = False
+        cfg.loss.num_output_chunks = cfg.kd_loss.num_output_chunks = 8
+        cfg.keep_freed_cpu_memory = False
     if variant.startswith("bf16"):
         cfg.dtype = "bf16"
     if variant == "bf16_sr_adamw":
-        cfg.optimizer = {**cfg.optimizer, "_component_": "torchao.optim._AdamW", "bf16_stochastic_round": True}
+        adamw = {k: v for k, v in cfg.optimizer.items() if k != "fused"}
+        cfg.optimizer = {**adamw, "_component_": "torchao.optim._AdamW", "bf16_stochastic_round": True}
     if variant.startswith("mixed"):
         cfg.mixed_precision = "bf16"
-    if variant == "mixed_bf16_teacher":
+    if variant.startswith("mixed_bf16_teacher"):
         cfg.teacher_dtype = "bf16"
+    if variant.endswith("_fused"):
+        cfg.kd_loss = {"_component_": "jsd_loss.FusedLinearJSDistillLoss", "beta": 0.5, "return_ce": True}
     path = out.parent / f"{variant}.yaml"
     OmegaConf.save(cfg, path)
     return path
@@ -174,6 +187,9 @@ def main() -> None:
             best = max(mixed, key=lambda v: rows[v]["tokens_per_second"])
             report["best_mixed_variant"] = best
             report["mixed_vs_fp32_tokens_per_second"] = rows[best]["tokens_per_second"] / base
+    if "fp32_baseline" in rows:
+        base = rows["fp32_baseline"]["tokens_per_second"]
+        report["vs_fp32_baseline_tokens_per_second"] = {v: r["tokens_per_second"] / base for v, r in rows.items()}
     if emit_json(report, args):
         return
     c = report["config"]
@@ -181,12 +197,15 @@ def main() -> None:
           f"(teacher {params['teacher'] / 1e6:.0f}M, student {params['student'] / 1e6:.0f}M params)")
     print(f"matmul peaks: bf16 {peaks['bf16']['flops_per_second'] / 1e9:.1f} GFLOP/s, "
           f"fp32 {peaks['fp32']['flops_per_second'] / 1e9:.1f} GFLOP/s")
-    print("| variant | tokens/s | vs fp32 | FLOP util. (bf16 peak) | FLOP util. (fp32 peak) | held-out NLL |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | tokens/s | vs fp32 | vs fp32_baseline | FLOP util. (bf16 peak) | FLOP util. (fp32 peak) "
+          "| held-out NLL |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         nll = f"{r['heldout_nll']:.4f}" if "heldout_nll" in r else "–"
         ratio = report.get("vs_fp32_tokens_per_second", {}).get(name)
+        vs_base = report.get("vs_fp32_baseline_tokens_per_second", {}).get(name)
         print(f"| {name} | {r['tokens_per_second']:.1f} | {f'{ratio:.2f}' if ratio else '–'} | "
+              f"{f'{vs_base:.2f}' if vs_base else '–'} | "
               f"{r['flop_utilisation_vs_bf16_peak']:.1%} | {r['flop_utilisation_vs_fp32_peak']:.1%} | {nll} |")
     if "mixed_vs_fp32_tokens_per_second" in report:
         print(f"mixed_vs_fp32_tokens_per_second = {report['mixed_vs_fp32_tokens_per_second']:.3f} "

@@ -53,6 +53,7 @@ from jsd_loss.training import (
     checked_meta_model,
     hf_converter,
     kd_step,
+    keep_freed_cpu_memory,
     latest_checkpoint,
     merged_hf_state_dict,
     num_trainable,
@@ -99,6 +100,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._device = utils.get_device(device=cfg.device)
         self._precision = precision_from_config(cfg, self._device)  # refuses what cannot work
         self._dtype = self._precision.dtype
+        if self._device.type == "cpu" and cfg.get("keep_freed_cpu_memory", True):
+            keep_freed_cpu_memory()  # no page faults on each step's large tensors
 
         # checkpoints go where the checkpointer says (its output_dir), as in the stock recipe
         self._output_dir = Path(cfg.checkpointer.get("output_dir", cfg.output_dir))

@@ -15,7 +15,7 @@ from jsd_loss.training._data import build_dataloader, steps_per_epoch
 from jsd_loss.training._families import LLAMA_LAYOUT, hf_converter
 from jsd_loss.training._inputs import check_checkpoint_files, check_checkpoints, check_models_agree
 from jsd_loss.training._kd_step import KDLosses, hidden_state_output, kd_step, output_weight, setup_losses
-from jsd_loss.training._memory import peak_memory_gib, reset_peak_memory
+from jsd_loss.training._memory import keep_freed_cpu_memory, peak_memory_gib, reset_peak_memory
 from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
 from jsd_loss.training._models import (
     LoRA,
@@ -65,6 +65,7 @@ __all__ = [
     "init_adapters",
     "kd_temperature",
     "kd_step",
+    "keep_freed_cpu_memory",
     "latest_checkpoint",
     "load_in_place",
     "manifest_for",
