@@ -58,6 +58,9 @@ def _config(variant: str, args, out: Path) -> Path:
     cfg.tokenizer.max_seq_len = args.max_seq_len
     cfg.save_every_n_steps = None
     cfg.shuffle = False
+    # every variant states its precision (the quick config's own default is mixed_bf16_teacher)
+    cfg.mixed_precision = cfg.teacher_dtype = None
+    cfg.keep_freed_cpu_memory = True
     if variant == "fp32_baseline":
         cfg.optimizer.fused = False
         cfg.loss.num_output_chunks = cfg.kd_loss.num_output_chunks = 8

@@ -1,7 +1,7 @@
 """Running a model on the eval set: loading it, greedy answers to the prompts, and its
 next-token predictions and NLL on the reference responses (teacher forcing)."""
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torchtune.data import Message
@@ -37,9 +37,12 @@ def greedy_generate(
     max_new_tokens: int = 64,
     max_prompt_tokens: int = 512,
     desc: str = "generate",
+    token_counts: Optional[List[int]] = None,
 ) -> List[str]:
     """Greedy answers (top-1, KV cache), batched with left padding; each stops at the
-    tokenizer's stop tokens. Prompts are cut to their last ``max_prompt_tokens`` tokens."""
+    tokenizer's stop tokens. Prompts are cut to their last ``max_prompt_tokens`` tokens.
+    When ``token_counts`` is given, each answer's generated token count (up to its stop token)
+    is appended to it."""
     # a pad id that never occurs in a ChatML prompt (<|im_end|> does, so it cannot pad)
     pad_id = tokenizer.special_tokens["<|endoftext|>"]
     stops = set(tokenizer.stop_tokens) | {pad_id}
@@ -59,6 +62,8 @@ def greedy_generate(
         for row in tokens[:, width:].tolist():
             end = next((i for i, t in enumerate(row) if t in stops), len(row))
             outputs.append(tokenizer.decode(row[:end]).strip())
+            if token_counts is not None:
+                token_counts.append(end)
     return outputs
 
 

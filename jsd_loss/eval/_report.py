@@ -28,6 +28,7 @@ def render_report(results: Dict[str, Any], baseline: str) -> str:
         ("exact match", "exact_match"), ("ROUGE-L vs teacher output", "teacher_rougeL"),
         ("next-token top-1 agreement with teacher", "teacher_top1_agreement"),
         ("reference NLL / token", "nll_per_token"), ("reference perplexity", "perplexity"),
+        ("generation tokens/s (greedy, KV cache)", "generation_tokens_per_second"),
         ("final total loss", "loss.final"), ("final CE", "class_loss.final"), ("final KD divergence", "kd_loss.final"),
         ("steps to within 5% of final loss (smoothed)", "loss.convergence_step"),
         ("loss variance, last 25% of steps", "loss.tail_variance"),

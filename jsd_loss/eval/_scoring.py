@@ -75,6 +75,9 @@ def score_model(
         "outputs": model["outputs"],
     }
     entry["perplexity"] = math.exp(entry["nll_per_token"])
+    for key in ("quantize", "generation_tokens_per_second"):
+        if model.get(key) is not None:
+            entry[key] = model[key]
     records: Optional[List[dict]] = model["records"]
     if records is not None:
         entry["training"] = {k: curve_summary(records, k, convergence_tolerance, variance_last_fraction)

@@ -8,7 +8,8 @@ import numpy as np
 from jsd_loss.eval._scoring import ANSWER_METRICS, CURVE_KEYS, PAIRED_METRICS
 from jsd_loss.metrics import paired_bootstrap, relative_difference
 
-SCORE_KEYS = list(ANSWER_METRICS) + ["teacher_rougeL", "teacher_top1_agreement", "nll_per_token", "perplexity"]
+SCORE_KEYS = list(ANSWER_METRICS) + ["teacher_rougeL", "teacher_top1_agreement", "nll_per_token", "perplexity",
+                                     "generation_tokens_per_second"]
 CURVE_STATS = ("final", "convergence_step", "tail_variance")
 
 
@@ -43,7 +44,7 @@ def summarise(entries: List[Dict], baseline: str, seed: int = 0) -> Dict[str, An
     summary = {}
     for name in [entries[0]["name"]] + students:
         group = [e for e in entries if e["name"] == name]
-        stats = {k: _stat([e[k] for e in group]) for k in SCORE_KEYS}
+        stats = {k: _stat([e[k] for e in group]) for k in SCORE_KEYS if all(k in e for e in group)}
         if all("training" in e for e in group):
             for curve in CURVE_KEYS:
                 if not all(curve in e["training"] for e in group):

@@ -1,4 +1,5 @@
 from jsd_loss.export._gguf_writer import EXPORT_TYPES, ExportSummary, encode_tensor, export_gguf
+from jsd_loss.export._int8 import QUANTIZATIONS, quantize, quantize_int8_weight_only, untie_output
 from jsd_loss.export._llama_layout import LlamaShape, gguf_tensors, llama_shape
 from jsd_loss.export._tokenizer import GGUFTokenizer, read_hf_tokenizer
 
@@ -7,9 +8,13 @@ __all__ = [
     "ExportSummary",
     "GGUFTokenizer",
     "LlamaShape",
+    "QUANTIZATIONS",
     "encode_tensor",
     "export_gguf",
     "gguf_tensors",
     "llama_shape",
+    "quantize",
+    "quantize_int8_weight_only",
     "read_hf_tokenizer",
+    "untie_output",
 ]

@@ -6,7 +6,8 @@ For every model (teacher and each named student; several runs of one name are se
 the same eval prompts: ROUGE-1/2/L (rouge-score, stemming), SQuAD token F1 and exact
 match against the references, per category; agreement with the teacher (ROUGE-L of the
 outputs, next-token top-1 agreement on the reference responses); NLL and perplexity of
-the references. From each student's training log: final loss, convergence step (within
+the references; generation tokens/s. A model entry's ``quantize: int8_weight_only`` scores it
+quantised (jsd_loss.export). From each student's training log: final loss, convergence step (within
 5% of final), tail loss variance; spread across seeds; relative differences against the
 baseline student, and a paired bootstrap over prompts of the ROUGE-L / F1 differences.
 Writes ``report.md``, ``results.json`` and PNG plots to ``output_dir``. The work itself is
@@ -17,6 +18,7 @@ import inspect
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -35,6 +37,7 @@ from jsd_loss.eval import (
     teacher_forced,
     write_plots,
 )
+from jsd_loss.export import QUANTIZATIONS, quantize
 from jsd_loss.training import read_metrics
 
 log = utils.get_logger("INFO")
@@ -58,7 +61,8 @@ class EvalDistillRecipe:
     def setup(self) -> None:
         """Every input is checked here, before any model is loaded or text generated."""
         cfg = self._cfg
-        self._teacher = {"name": cfg.teacher.get("name", "teacher"), "checkpoint_dir": cfg.teacher.checkpoint_dir}
+        self._teacher = {"name": cfg.teacher.get("name", "teacher"), "checkpoint_dir": cfg.teacher.checkpoint_dir,
+                         "quantize": _quantize_key(cfg.teacher)}
         teacher_vocab = read_config(Path(self._teacher["checkpoint_dir"]))["vocab_size"]
         if not cfg.students:
             raise ValueError("no students to evaluate: `students` is empty")
@@ -72,7 +76,8 @@ class EvalDistillRecipe:
             records = read_metrics(s.log_dir) if s.get("log_dir") else None
             if records is not None and not records:
                 raise ValueError(f"training log {s.log_dir} of student {s.name!r} holds no metrics")
-            self._runs.append({"name": s.name, "checkpoint_dir": s.checkpoint_dir, "records": records})
+            self._runs.append({"name": s.name, "checkpoint_dir": s.checkpoint_dir, "records": records,
+                               "quantize": _quantize_key(s)})
         names = list(dict.fromkeys(r["name"] for r in self._runs))
         self._baseline = cfg.get("baseline", names[-1])
         if self._baseline not in names:
@@ -84,21 +89,27 @@ class EvalDistillRecipe:
             raise ValueError(f"dataset: unknown keys {unknown} (see jsd_loss.eval.load_examples for the known ones)")
         self._examples = load_examples(**dataset)
 
-    def _run_model(self, checkpoint_dir: str, name: str) -> Dict[str, List]:
-        """Greedy outputs and teacher-forced predictions of one model (freed afterwards)."""
-        model = load_model(checkpoint_dir, self._dtype, self._device)
+    def _run_model(self, run: Dict[str, Any]) -> Dict[str, Any]:
+        """Greedy outputs (and their tokens/s) and teacher-forced predictions of one model
+        (freed afterwards)."""
+        model = load_model(run["checkpoint_dir"], self._dtype, self._device)
+        if run["quantize"]:
+            quantize(model, run["quantize"])
+        counts = []
+        start = time.perf_counter()
         outputs = greedy_generate(
             model, self._tokenizer, self._examples, device=self._device, dtype=self._dtype,
             batch_size=int(self._gen.get("batch_size", 8)), max_new_tokens=int(self._gen.get("max_new_tokens", 64)),
-            max_prompt_tokens=int(self._gen.get("max_prompt_tokens", 512)), desc=f"generate {name}",
+            max_prompt_tokens=int(self._gen.get("max_prompt_tokens", 512)), desc=f"generate {run['name']}",
+            token_counts=counts,
         )
-        return {"outputs": outputs, "tf": teacher_forced(model, self._tokenizer, self._examples, self._device)}
+        seconds = time.perf_counter() - start
+        return {"outputs": outputs, "generation_tokens_per_second": sum(counts) / seconds,
+                "tf": teacher_forced(model, self._tokenizer, self._examples, self._device)}
 
     def evaluate(self) -> Dict[str, Any]:
-        teacher = {**self._teacher, "role": "teacher", "records": None,
-                   **self._run_model(self._teacher["checkpoint_dir"], self._teacher["name"])}
-        models = [teacher] + [{**run, "role": "student", **self._run_model(run["checkpoint_dir"], run["name"])}
-                              for run in self._runs]
+        teacher = {**self._teacher, "role": "teacher", "records": None, **self._run_model(self._teacher)}
+        models = [teacher] + [{**run, "role": "student", **self._run_model(run)} for run in self._runs]
         tol = float(self._cfg.get("convergence_tolerance", 0.05))
         frac = float(self._cfg.get("variance_last_fraction", 0.25))
         results = {
@@ -117,6 +128,13 @@ class EvalDistillRecipe:
         write_plots(results, self._output_dir)
         (self._output_dir / "report.md").write_text(render_report(results, self._baseline))
         log.info(f"Wrote report.md, results.json and plots to {self._output_dir}")
+
+
+def _quantize_key(entry: DictConfig):
+    method = entry.get("quantize")
+    if method is not None and method not in QUANTIZATIONS:
+        raise ValueError(f"{entry.get('name', 'teacher')!r}: unknown quantize {method!r}; known: {list(QUANTIZATIONS)}")
+    return method
 
 
 @config.parse

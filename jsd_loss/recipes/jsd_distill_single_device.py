@@ -100,7 +100,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._device = utils.get_device(device=cfg.device)
         self._precision = precision_from_config(cfg, self._device)  # refuses what cannot work
         self._dtype = self._precision.dtype
-        if self._device.type == "cpu" and cfg.get("keep_freed_cpu_memory", True):
+        if self._device.type == "cpu" and cfg.get("keep_freed_cpu_memory", False):
             keep_freed_cpu_memory()  # no page faults on each step's large tensors
 
         # checkpoints go where the checkpointer says (its output_dir), as in the stock recipe

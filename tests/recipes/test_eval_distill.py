@@ -39,6 +39,7 @@ def _config(root, teacher, students, data, out, **overrides):
         {"name": "jsd", "checkpoint_dir": str(students[1]), "log_dir": str(root / "log_jsd1")},
         {"name": "kl", "checkpoint_dir": str(students[2]), "log_dir": str(root / "log_kl")},
         {"name": "self", "checkpoint_dir": str(teacher)},
+        {"name": "self_int8", "checkpoint_dir": str(teacher), "quantize": "int8_weight_only"},
     ]
     cfg.dataset.source = str(data)
     cfg.dataset.split = None
@@ -93,6 +94,13 @@ def test_report_numbers_come_from_results_json(tmp_path, setup_dirs):
     self_vs_kl = summary["self"]["paired_vs_kl"]["teacher_rougeL"]
     assert self_vs_kl["diff"] == pytest.approx(1.0 - by_name["kl"][0]["teacher_rougeL"])
 
+    # the teacher scored int8 weight-only: marked, timed, and close to itself in fp32
+    int8 = by_name["self_int8"][0]
+    assert int8["quantize"] == "int8_weight_only" and "quantize" not in by_name["self"][0]
+    assert int8["generation_tokens_per_second"] > 0 and by_name["self"][0]["generation_tokens_per_second"] > 0
+    assert int8["teacher_top1_agreement"] > 0.5
+    assert abs(int8["nll_per_token"] - by_name["self"][0]["nll_per_token"]) < 0.05 * by_name["self"][0]["nll_per_token"]
+
     # and every number in the report's main table is one of those
     report = (out / "report.md").read_text()
     row = next(l for l in report.splitlines() if l.startswith("| ROUGE-L |"))
@@ -120,6 +128,8 @@ def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
          "no training metrics"),
         ({"dataset.response_field": "answer"}, "lacks the field 'answer'"),
         ({"dataset.respones_field": "answer"}, "dataset: unknown keys ['respones_field']"),
+        ({"student_list": [{"name": "x", "checkpoint_dir": str(students[0]), "quantize": "int4"}]},
+         "'x': unknown quantize 'int4'"),
     ]
     for i, (overrides, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
