@@ -77,7 +77,7 @@ def test_auto_feature_loss_of_a_pruned_student_equals_the_reference(tmp_path, ti
     student_dir = _pruned_student(tmp_path, teacher_dir, layers, channels)
     path = tiny_config(tmp_path, teacher_dir, student_dir, **{
         **SHORT, "model": {**TINY_MODEL, "num_layers": 1, "embed_dim": 24, "head_dim": 8},
-        "dataset.max_rows": 2, "max_steps_per_epoch": 1, "kd_ratio": 0.3,
+        "dataset.max_rows": 2, "tokenizer.max_seq_len": 256, "max_steps_per_epoch": 1, "kd_ratio": 0.3,
         **features(0.7, loss="mse", layer_map="auto", targets=list(TARGETS), projection="none"),
     })
     train(path)
