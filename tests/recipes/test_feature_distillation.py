@@ -16,7 +16,7 @@ from jsd_loss.pruning import keep_hidden_channels, keep_layers, pruned_config
 from jsd_loss.recipes.jsd_distill_distributed import KDRecipeDistributed
 from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
 from jsd_loss.training import FEATURE_STATE, TARGETS, build_dataloader
-from tests.conftest import TINY, TINY_MODEL, metrics, tiny_config, write_tiny_hf_dir
+from tests.conftest import DOLLY, TINY, TINY_MODEL, metrics, tiny_config, write_tiny_hf_dir
 from tests.jsd_loss.training.test_features import manual_features
 from tests.recipes.test_jsd_distill_distributed import tune_run_distributed
 
@@ -152,6 +152,26 @@ def test_lora_student_fused_kd_and_bf16_mixed_precision_with_every_target(tmp_pa
     assert all(not torch.equal(p.detach(), identity) for p in recipe._features.projections.parameters())
     final = load_state_dict(tmp_path / "out" / "final")
     assert sorted(final) == sorted(load_state_dict(tiny_dirs[1]))  # no adapters, no projections
+
+
+def test_packed_rows_give_the_steps_of_the_rows_unpacked_with_unchunked_losses(tmp_path, tiny_dirs):
+    """A block-causal pack gives every real token the features it has unpacked, and the
+    padding of either is left out: one step over all 8 rows, packed or padded, is the same."""
+    from jsd_loss.datasets import dolly_dataset
+
+    tokenizer = tt_config.instantiate(OmegaConf.load(tiny_config(tmp_path, *tiny_dirs)).tokenizer, max_seq_len=256)
+    packs = len(dolly_dataset(tokenizer, source=str(DOLLY), max_rows=8, packed=True))
+    assert packs < 8
+    common = {**SHORT, "tokenizer.max_seq_len": 256, "dataset.max_rows": 8, "max_steps_per_epoch": None,
+              "loss": {"_component_": "torch.nn.CrossEntropyLoss", "ignore_index": -100},
+              "kd_loss": {"_component_": "jsd_loss.JSDistillLoss", "beta": 0.5},
+              **features(1.0, loss="mse", layer_map=[[0, 0], [1, 1]], targets=list(TARGETS))}
+    rows, packed = _dir(tmp_path, "rows"), _dir(tmp_path, "packed")
+    train(tiny_config(rows, *tiny_dirs, **common, batch_size=8))
+    train(tiny_config(packed, *tiny_dirs, **common, batch_size=packs, **{"dataset.packed": True}))
+    (a,), (b,) = metrics(rows / "out"), metrics(packed / "out")
+    for key in ("loss", "class_loss", "kd_loss", "feature_loss", "grad_norm"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4), key
 
 
 @pytest.mark.parametrize("recipe", [KDRecipeSingleDevice, KDRecipeDistributed], ids=["single", "distributed"])
