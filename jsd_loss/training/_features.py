@@ -76,7 +76,7 @@ class FeatureDistiller(nn.Module):
             devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                for key in self._keys():
+                for key, *_ in self._terms():
                     self.projections[key] = _projection(fmap, config.projection, config.rank)
             self.projections.to(device=device, dtype=torch.float32)
         selects = config.projection == "none" and fmap.teacher_channels is not None
@@ -88,10 +88,11 @@ class FeatureDistiller(nn.Module):
         self._scale, self._step_real_tokens = 0.0, 0.0
         self._step_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
 
-    def _keys(self) -> Iterator[str]:
+    def _terms(self) -> Iterator[Tuple[str, str, int, int]]:
+        """(projection key, target, student layer, teacher layer) of every term."""
         for target in self.config.targets:
             for s, t in self.map.pairs:
-                yield f"{target}_{s}_{t}"
+                yield f"{target}_{s}_{t}", target, s, t
 
     # ------------------------------------------------------------------ the forwards
 
@@ -129,11 +130,10 @@ class FeatureDistiller(nn.Module):
         """
         real = row_ids >= 0
         total = 0.0
-        for key in self._keys():
-            target, s, t = key.rsplit("_", 2)
+        for key, target, s, t in self._terms():
             try:
-                student = self._captured[("student", target, int(s))]
-                teacher = self._captured[("teacher", target, int(t))]
+                student = self._captured[("student", target, s)]
+                teacher = self._captured[("teacher", target, t)]
             except KeyError:
                 raise RuntimeError(f"no {target} features of student layer {s} / teacher layer {t} were captured: "
                                    "run both forwards inside FeatureDistiller.capture") from None
