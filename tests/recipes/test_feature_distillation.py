@@ -1,7 +1,6 @@
 """``feature_distillation`` in the distillation recipes, end to end on tiny models: most runs
 in process (the recipe class, as ``tune run`` drives it), the distributed one with 2 gloo ranks."""
 
-import json
 import math
 import shutil
 
