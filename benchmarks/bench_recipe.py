@@ -12,7 +12,9 @@ and sequence length for every variant:
 * ``cached_chunked``: as ``ours_full_chunked`` with the teacher read from a top-k cache
   (``teacher_cache``; the teacher is not loaded), built first for exactly the rows the run
   draws by ``jsd_loss/recipes/cache_teacher.py`` (its rows/s and bytes per token reported);
-* ``packed_chunked`` / ``cached_packed``: the same two with ``dataset.packed: True``.
+* ``packed_chunked`` / ``cached_packed``: the same two with ``dataset.packed: True``;
+* ``features_chunked``: as ``ours_full_chunked`` plus the ``feature_distillation`` block of
+  ``135M_to_90M_jsd_features_quick.yaml`` (not in the default list; ``--variants``).
 
 ``--heldout-nll N`` also scores every variant's final student on the first N held-out Dolly
 rows (response NLL), the quality side of the speed ratios.
@@ -39,6 +41,7 @@ from pathlib import Path
 from _common import REPO, add_json_args, add_model_dir_args, check_model_dirs, emit_json
 
 BASE = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_quick.yaml"
+FEATURES = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_features_quick.yaml"
 LORA = {"_component_": "jsd_loss.models.smollm2.lora_smollm2_90m", "lora_attn_modules": ["q_proj", "v_proj"],
         "apply_lora_to_mlp": True, "lora_rank": 16, "lora_alpha": 32}
 VARIANTS = ["stock_lora", "ours_lora", "ours_full_chunked", "ours_full_unchunked", "ours_full_fused",
@@ -68,6 +71,8 @@ def _config(variant: str, args, out: Path) -> Path:
         cfg.cache = {"k": args.k, "rows": "run"}
     if "packed" in variant:
         cfg.dataset.packed = True
+    if variant.startswith("features"):
+        cfg.feature_distillation = OmegaConf.load(FEATURES).feature_distillation
     if variant == "stock_lora":
         cfg.compile = False
         cfg.enable_activation_checkpointing = False
@@ -182,7 +187,8 @@ def main() -> None:
         )
     for a, b, key in (("cached_chunked", "ours_full_chunked", "cached_vs_live_teacher"),
                       ("packed_chunked", "ours_full_chunked", "packed_vs_padded"),
-                      ("cached_packed", "packed_chunked", "cached_vs_live_teacher_packed")):
+                      ("cached_packed", "packed_chunked", "cached_vs_live_teacher_packed"),
+                      ("features_chunked", "ours_full_chunked", "features_vs_logits_only")):
         if a in rows and b in rows:
             report[f"{key}_tokens_per_second"] = rows[a]["tokens_per_second"] / rows[b]["tokens_per_second"]
             if args.heldout_nll:

@@ -3,6 +3,7 @@ from jsd_loss.losses._chunked import (
     KLDistillWithChunkedOutputLoss,
 )
 from jsd_loss.losses._distill import JSDistillLoss, KLDistillLoss
+from jsd_loss.losses._feature import FEATURE_LOSSES, FeatureLoss, feature_loss, feature_token_loss
 from jsd_loss.losses._functional import (
     generalized_jsd,
     generalized_jsd_and_grad,
@@ -22,6 +23,8 @@ from jsd_loss.losses._topk_divergence import (
 )
 
 __all__ = [
+    "FEATURE_LOSSES",
+    "FeatureLoss",
     "FusedLinearDistillLoss",
     "FusedLinearJSDistillLoss",
     "FusedLinearKLDistillLoss",
@@ -30,6 +33,8 @@ __all__ = [
     "KLDistillLoss",
     "KLDistillWithChunkedOutputLoss",
     "TopKDistribution",
+    "feature_loss",
+    "feature_token_loss",
     "generalized_jsd",
     "generalized_jsd_and_grad",
     "kl_divergence",

@@ -21,6 +21,9 @@
 #     unsharded weight and FSDP2 reduce-scatters its gradient with the others;
 #   - LoRA adapters are drawn from the run's seed on every rank before sharding (the frozen
 #     base is built on meta and loaded from the checkpoint).
+#   - feature distillation needs nothing here: the learned projections are replicated (drawn
+#     from the seed on every rank) and jsd_loss.training sums their gradients and the step's
+#     token counts over the ranks.
 
 import sys
 from functools import partial

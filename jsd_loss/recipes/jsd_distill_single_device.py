@@ -25,6 +25,9 @@
 #     jsd_loss/recipes/cache_teacher.py instead of computed; the teacher is then not loaded
 #     (unless ``teacher_cache_fallback: live`` for rows the cache lacks), and a cache of
 #     another teacher, tokenizer, dataset, max_seq_len or temperature is refused at setup;
+#   - ``feature_distillation``: an optional feature term (the student's intermediate features
+#     against the teacher's, from the same teacher forward; jsd_loss.training's
+#     FeatureDistiller), its learned projections saved in the recipe state only;
 #   - HF-format student checkpoints (LoRA merged) every ``save_every_n_steps`` and at the
 #     end, in the checkpointer's output_dir, written atomically by the converter of the model
 #     family (checkpointer.model_type, or hf_converter), with optimizer/dataloader/RNG state
@@ -44,13 +47,16 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
 from jsd_loss.training import (
+    FEATURE_STATE,
     NOT_IMPLEMENTED,
     SHARDING_ONLY,
     batch_teacher,
     build_dataloader,
+    capture_features,
     check_checkpoints,
     check_models_agree,
     checked_meta_model,
+    feature_config,
     hf_converter,
     kd_step,
     keep_freed_cpu_memory,
@@ -64,6 +70,7 @@ from jsd_loss.training import (
     refuse_earlier_run,
     refuse_unimplemented,
     reset_peak_memory,
+    setup_feature_distillation,
     setup_losses,
     setup_student,
     setup_teacher,
@@ -81,14 +88,17 @@ class KDRecipeSingleDevice(FTRecipeInterface):
     torchtune's recipe).
 
     The per-step objective is ``(1 - kd_ratio) * CE + kd_ratio * KD`` with both terms
-    averaged over all unmasked tokens of the (accumulated) step.
+    averaged over all unmasked tokens of the (accumulated) step, plus
+    ``feature_distillation.weight`` times the feature loss averaged over its real tokens.
 
     Args:
         cfg (DictConfig): OmegaConf object parsed from yaml file
 
     Raises:
         ValueError: for fp16, or ``dtype``, ``teacher_dtype`` and ``mixed_precision`` values
-            that cannot work together (see :func:`~jsd_loss.training.precision_from_config`).
+            that cannot work together (see :func:`~jsd_loss.training.precision_from_config`), and a
+            ``feature_distillation`` block that is malformed or asks for features from a
+            ``teacher_cache`` (see :func:`~jsd_loss.training.feature_config`).
     """
 
     # stock config keys this recipe refuses when they ask for something (the distributed
@@ -100,6 +110,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._device = utils.get_device(device=cfg.device)
         self._precision = precision_from_config(cfg, self._device)  # refuses what cannot work
         self._dtype = self._precision.dtype
+        self._feature_config = feature_config(cfg)  # None: off
         if self._device.type == "cpu" and cfg.get("keep_freed_cpu_memory", False):
             keep_freed_cpu_memory()  # no page faults on each step's large tensors
 
@@ -134,6 +145,10 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         checked_meta_model(cfg.teacher_model, self._precision.teacher_dtype, teacher_hf_config, "teacher",
                            Path(cfg.teacher_checkpointer.checkpoint_dir))
         self._to_hf = hf_converter(cfg.checkpointer, self._student_hf_config, student, cfg.get("hf_converter"))
+        self._features = setup_feature_distillation(  # the layer map checked; None when off
+            self._feature_config, self._student_hf_config, teacher_hf_config, self._student_dir,
+            seed=self.seed, device=self._device,
+        )
         # removed once setup has succeeded
         self._replaced_run = refuse_earlier_run(
             self._output_dir, self._resume_from_checkpoint, cfg.get("overwrite_output", False)
@@ -207,6 +222,11 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             cfg.lr_scheduler, self._optimizer,
             num_training_steps=self.total_epochs * self._steps_per_epoch, last_epoch=self.global_step - 1,
         )
+        if self._features is not None:
+            self._features.setup_optimizer(
+                cfg.optimizer, cfg.lr_scheduler, num_training_steps=self.total_epochs * self._steps_per_epoch,
+                last_epoch=self.global_step - 1, state=resume_state["state"] if resume_state is not None else None,
+            )
         if resume_state is not None:
             torch.set_rng_state(resume_state["state"]["rng_state"])
 
@@ -296,6 +316,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
                 "rng_state": torch.get_rng_state(),
                 "world_size": self.world_size,
+                **({FEATURE_STATE: self._features.recipe_state()} if self._features is not None else {}),
             } if with_recipe_state else None
             hf_state = merged_hf_state_dict(state_dict, self._lora, self._to_hf)
             write_checkpoint(target, hf_state, self._student_hf_config, self._student_dir, recipe_state)
@@ -307,16 +328,19 @@ class KDRecipeSingleDevice(FTRecipeInterface):
 
     _output_weight = staticmethod(output_weight)
 
-    def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _loss_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """CE and KD (means over the batch's label tokens) and the feature loss summed over its
+        real tokens (None when feature distillation is off)."""
         labels = batch["labels"]
         # Shift labels: position t predicts token t + 1
         labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
         teacher = batch_teacher(self._teacher_cache, self._teacher_model, batch, labels, self._losses.ignore_index)
-        with self._precision.autocast(self._device):
-            return kd_step(
+        with self._precision.autocast(self._device), capture_features(self._features, self._model, teacher) as feats:
+            class_loss, kd_loss = kd_step(
                 self._model, teacher, batch["tokens"], labels, self._losses, dtype=self._dtype,
                 mask=batch.get("mask", None), input_pos=batch.get("input_pos", None), weight_of=self._output_weight,
             )
+            return class_loss, kd_loss, feats.loss_sum(batch["row_ids"]) if feats is not None else None
 
     # the number the summed per-token loss gradients are multiplied by before dividing by
     # the step's token count; FSDP2 averages gradients over ranks, so the distributed
@@ -337,14 +361,19 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             pbar = tqdm(total=self._steps_per_epoch, initial=steps_done_this_epoch,
                         disable=None if self._is_rank_zero else True)
             self._dataloader.sampler.set_epoch(curr_epoch)
-            start = steps_done_this_epoch * self._gradient_accumulation_steps
-            for idx, batch in enumerate(self._dataloader, start=start):
+            batches = enumerate(self._dataloader, start=steps_done_this_epoch * self._gradient_accumulation_steps)
+            if self._features is not None:  # read a step ahead: its token counts scale the feature term
+                batches = self._features.batches(batches, self._gradient_accumulation_steps, self._losses.ignore_index)
+            for idx, batch in batches:
                 batch = {k: v.to(self._device) for k, v in batch.items()}
                 current_num_tokens = (batch["labels"][..., 1:] != self._losses.ignore_index).sum()
-                class_loss, kd_loss = self._loss_step(batch)
+                class_loss, kd_loss, feature_sum = self._loss_step(batch)
                 # token-weighted: the step's gradient is the mean over all its tokens
                 current_loss = (1 - self._kd_ratio) * class_loss + self._kd_ratio * kd_loss
-                (current_loss * current_num_tokens).backward()
+                objective = current_loss * current_num_tokens
+                if feature_sum is not None:
+                    objective = objective + self._features.objective(feature_sum)
+                objective.backward()
                 running_class_loss += class_loss.detach() * current_num_tokens
                 running_kd_loss += kd_loss.detach() * current_num_tokens
                 num_tokens += current_num_tokens
@@ -369,6 +398,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                     class_loss_to_log = float(running_class_loss) / denom
                     kd_loss_to_log = float(running_kd_loss) / denom
                     loss_to_log = (1 - self._kd_ratio) * class_loss_to_log + self._kd_ratio * kd_loss_to_log
+                    if self._features is not None:  # the projections' step, and the term's mean
+                        feature_loss_to_log = self._features.step(denom, self._clip_grad_norm)
+                        loss_to_log += self._features.config.weight * feature_loss_to_log
                     if self._is_rank_zero:
                         pbar.update(1)
                         pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log:.4f}")
@@ -386,6 +418,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                             "tokens_per_second": int(num_tokens) / time_per_step,
                             "epoch": curr_epoch,
                         }
+                        if self._features is not None:
+                            log_dict["feature_loss"] = feature_loss_to_log
                         if self._log_peak_memory_stats:
                             log_dict["peak_memory_gib"] = peak_memory_gib(self._device)
                         self._metric_logger.log_dict(log_dict, step=self.global_step)

@@ -1,6 +1,6 @@
 """What the recipes share: model and adapter setup, model shapes against checkpoints, input
-and config-key checks, precision, data loading, the KD step, run directories and checkpoints,
-saving by model family, peak memory, metric logging."""
+and config-key checks, precision, data loading, the KD step, feature distillation, run
+directories and checkpoints, saving by model family, peak memory, metric logging."""
 
 from jsd_loss.training._checkpoint import (
     RECIPE_STATE,
@@ -13,6 +13,20 @@ from jsd_loss.training._checkpoint import (
 from jsd_loss.training._config_keys import NOT_IMPLEMENTED, SHARDING_ONLY, refuse_unimplemented
 from jsd_loss.training._data import build_dataloader, steps_per_epoch
 from jsd_loss.training._families import LLAMA_LAYOUT, hf_converter
+from jsd_loss.training._feature_map import (
+    TARGETS,
+    FeatureConfig,
+    FeatureMap,
+    feature_config,
+    feature_map,
+    read_pruning_manifest,
+)
+from jsd_loss.training._features import (
+    FEATURE_STATE,
+    FeatureDistiller,
+    capture_features,
+    setup_feature_distillation,
+)
 from jsd_loss.training._inputs import check_checkpoint_files, check_checkpoints, check_models_agree
 from jsd_loss.training._kd_step import KDLosses, hidden_state_output, kd_step, output_weight, setup_losses
 from jsd_loss.training._memory import keep_freed_cpu_memory, peak_memory_gib, reset_peak_memory
@@ -40,6 +54,10 @@ from jsd_loss.training._teacher_cache import (
 from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_shape, model_shape
 
 __all__ = [
+    "FEATURE_STATE",
+    "FeatureConfig",
+    "FeatureDistiller",
+    "FeatureMap",
     "JSONLMetricLogger",
     "KDLosses",
     "LLAMA_LAYOUT",
@@ -49,16 +67,20 @@ __all__ = [
     "RECIPE_STATE",
     "SHAPE_KEYS",
     "SHARDING_ONLY",
+    "TARGETS",
     "batch_teacher",
     "build_dataloader",
     "cache_identity",
     "build_model",
+    "capture_features",
     "check_checkpoint_files",
     "check_checkpoints",
     "check_model_shape",
     "checked_meta_model",
     "check_models_agree",
     "earlier_run",
+    "feature_config",
+    "feature_map",
     "hf_config_shape",
     "hf_converter",
     "hidden_state_output",
@@ -77,10 +99,12 @@ __all__ = [
     "peak_memory_gib",
     "precision_from_config",
     "read_metrics",
+    "read_pruning_manifest",
     "refuse_earlier_run",
     "refuse_unimplemented",
     "reset_peak_memory",
     "run_rows",
+    "setup_feature_distillation",
     "setup_losses",
     "setup_student",
     "setup_teacher",

@@ -46,3 +46,11 @@ def test_lora_teacher_config_with_stock_recipe_gives_a_valid_teacher(tmp_path, t
     assert (merged / "tokenizer.json").is_file()
     model = smollm2_from_hf(str(merged))  # dims and weights check out as a SmolLM2 HF directory
     assert len(model.layers) == TINY["num_layers"]
+
+
+def test_features_quick_config_is_the_quick_config_plus_its_feature_block():
+    quick = OmegaConf.to_container(OmegaConf.load(REPO / "configs/smollm2/135M_to_90M_jsd_quick.yaml"))
+    feats = OmegaConf.to_container(OmegaConf.load(REPO / "configs/smollm2/135M_to_90M_jsd_features_quick.yaml"))
+    assert {k for k in {**quick, **feats} if feats.get(k) != quick.get(k)} == {"feature_distillation", "output_dir"}
+    assert feats["feature_distillation"] == {"weight": 1.0, "loss": "normalized_mse", "layer_map": "auto",
+                                             "targets": ["residual"], "projection": "none"}
