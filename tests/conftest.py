@@ -118,6 +118,9 @@ def tiny_config(tmp_path: Path, teacher: Path, student: Path, **overrides) -> Pa
     cfg.max_steps_per_epoch = 4
     cfg.save_every_n_steps = 2
     cfg.optimizer.lr = 1e-3
+    # fp32 unless a test asks otherwise (the quick config defaults to bf16 mixed precision)
+    cfg.mixed_precision = cfg.teacher_dtype = None
+    cfg.keep_freed_cpu_memory = False
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, merge=False)
     path = tmp_path / "config.yaml"
