@@ -39,6 +39,7 @@ def _config(variant: str, student_dir: Path, seed: int, args, out: Path) -> Path
     cfg.seed = seed
     cfg.max_steps_per_epoch = args.steps
     cfg.save_every_n_steps = args.every
+    cfg.keep_last_n_checkpoints = None  # every checkpoint is scored after the run (then deleted here)
     if student_dir.resolve() != (REPO / "models" / "smollm2-90m-student").resolve():
         cfg.model = {"_component_": "jsd_loss.models.smollm2.smollm2_from_hf_config", "path": str(student_dir)}
     path = out.parent / f"{out.name}.yaml"
