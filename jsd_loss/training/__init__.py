@@ -7,6 +7,7 @@ from jsd_loss.training._checkpoint import (
     earlier_run,
     latest_checkpoint,
     merged_hf_state_dict,
+    read_recipe_state,
     refuse_earlier_run,
     write_checkpoint,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "precision_from_config",
     "read_metrics",
     "read_pruning_manifest",
+    "read_recipe_state",
     "refuse_earlier_run",
     "refuse_unimplemented",
     "reset_peak_memory",

@@ -2,6 +2,8 @@
 step checkpoint to resume from, and checkpoints written as HF model directories (LoRA
 merged), atomically, with the recipe state beside the weights of a step checkpoint."""
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -40,12 +42,36 @@ def refuse_earlier_run(output_dir: Path, resume: bool, overwrite: bool) -> List[
     return previous
 
 
+def read_recipe_state(path: Path) -> Dict[str, Any]:
+    """A ``recipe_state.pt`` read with ``weights_only=True``: tensors and plain containers only,
+    so a planted pickle is refused without any of its code running.
+
+    Raises:
+        ValueError: naming ``path``, if it holds anything else (a class, a function: code that
+            unpickling would run) or is not a readable torch file (truncated, corrupted).
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(e))
+        raise ValueError(
+            f"refusing to resume from {path}: it holds "
+            f"{'the global ' + found.group(1) if found else 'objects'} besides tensors and plain "
+            "containers, which a checkpoint of this recipe never does; it is never unpickled "
+            "(unpickling could run code). Resume only from checkpoints this recipe wrote."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"cannot resume from {path}: not a readable torch file (truncated or corrupted?): {e}") from e
+
+
 def latest_checkpoint(output_dir: Path, seed: int) -> Tuple[Path, Dict[str, Any]]:
     """The newest ``step_N`` checkpoint in ``output_dir`` and its recipe state (tensors and
-    plain containers only: loaded with ``weights_only=True``).
+    plain containers only: see :func:`read_recipe_state`).
 
     Raises:
         FileNotFoundError: if there is none.
+        ValueError: if its recipe state holds code or is unreadable (naming the file).
         ValueError: if it was trained with another seed (the data order would differ).
     """
     steps = sorted(
@@ -58,7 +84,7 @@ def latest_checkpoint(output_dir: Path, seed: int) -> Tuple[Path, Dict[str, Any]
             f"resume_from_checkpoint=True but {output_dir} has no step_N checkpoint with {RECIPE_STATE}"
         )
     path = steps[-1][1]
-    state = torch.load(path / RECIPE_STATE, weights_only=True)
+    state = read_recipe_state(path / RECIPE_STATE)
     if state[training.SEED_KEY] != seed:
         raise ValueError(f"checkpoint {path} was trained with seed {state[training.SEED_KEY]}, config has {seed}")
     return path, state

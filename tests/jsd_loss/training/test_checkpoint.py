@@ -1,4 +1,4 @@
-import pickle
+import os
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ from jsd_loss.training import (
     RECIPE_STATE,
     latest_checkpoint,
     merged_hf_state_dict,
+    read_recipe_state,
     refuse_earlier_run,
     setup_student,
     write_checkpoint,
@@ -43,15 +44,42 @@ def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
         latest_checkpoint(tmp_path / "step_11", seed=5)
 
 
-class _Payload:
+class Payload:
+    """Unpickling it runs ``os.system``: here, creating a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (print, ("unpickled",))
+        return (os.system, (f"touch {self.marker}",))
 
 
-def test_recipe_state_is_not_unpickled(tmp_path):
+def plant_payload(step_dir, marker):
+    step_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({training.SEED_KEY: 0, "global_step": 1, "x": Payload(marker)}, step_dir / RECIPE_STATE)
+
+
+def test_a_planted_pickle_is_refused_without_running(tmp_path):
+    plant_payload(tmp_path / "out" / "step_1", tmp_path / "marker")
+    # the payload is live: a plain unpickle would run it
+    live = tmp_path / "live"
+    torch.save(Payload(live), tmp_path / "live.pt")
+    torch.load(tmp_path / "live.pt", weights_only=False)
+    assert live.exists()
+
+    state = tmp_path / "out" / "step_1" / RECIPE_STATE
+    with pytest.raises(ValueError, match=rf"refusing to resume from {state}: it holds the global .*system"):
+        latest_checkpoint(tmp_path / "out", seed=0)
+    assert not (tmp_path / "marker").exists()
+
+
+def test_a_truncated_recipe_state_is_refused_naming_the_file(tmp_path):
     (tmp_path / "step_1").mkdir()
-    torch.save({training.SEED_KEY: 0, "x": _Payload()}, tmp_path / "step_1" / RECIPE_STATE)
-    with pytest.raises(pickle.UnpicklingError):
+    torch.save({training.SEED_KEY: 0, "global_step": 1, "w": torch.ones(100)}, tmp_path / "step_1" / RECIPE_STATE)
+    assert read_recipe_state(tmp_path / "step_1" / RECIPE_STATE)["global_step"] == 1
+    data = (tmp_path / "step_1" / RECIPE_STATE).read_bytes()
+    (tmp_path / "step_1" / RECIPE_STATE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"cannot resume from {tmp_path / 'step_1' / RECIPE_STATE}: not a readable"):
         latest_checkpoint(tmp_path, seed=0)
 
 
