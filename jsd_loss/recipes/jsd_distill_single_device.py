@@ -21,6 +21,9 @@
 #     refused when they ask for something;
 #   - gradients are the token-weighted mean over the whole accumulated step (the stock
 #     recipe backpropagates per-batch means and then divides by the token count again);
+#     a micro-batch with no trained label contributes nothing (not 0/0 = NaN); a step with a
+#     non-finite loss or gradient norm is skipped before the optimizer sees it, and more than
+#     ``max_skipped_steps`` (default 3) of them stop the run (jsd_loss.training.NonFiniteSteps);
 #   - ``teacher_cache: DIR``: the teacher's top-k distributions read from a cache built by
 #     jsd_loss/recipes/cache_teacher.py instead of computed; the teacher is then not loaded
 #     (unless ``teacher_cache_fallback: live`` for rows the cache lacks), and a cache of
@@ -47,8 +50,10 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
 from jsd_loss.training import (
+    DEFAULT_MAX_SKIPPED_STEPS,
     FEATURE_STATE,
     NOT_IMPLEMENTED,
+    NonFiniteSteps,
     SHARDING_ONLY,
     batch_teacher,
     build_dataloader,
@@ -61,6 +66,7 @@ from jsd_loss.training import (
     kd_step,
     keep_freed_cpu_memory,
     latest_checkpoint,
+    loss_labels,
     merged_hf_state_dict,
     num_trainable,
     open_teacher_cache,
@@ -128,6 +134,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._gradient_accumulation_steps = cfg.gradient_accumulation_steps
         self._clip_grad_norm = cfg.get("clip_grad_norm", None)
         self._kd_ratio = cfg.get("kd_ratio", 0.5)
+        self._nonfinite = NonFiniteSteps(cfg.get("max_skipped_steps", DEFAULT_MAX_SKIPPED_STEPS), log=log)
         # single process; the distributed recipe overrides these
         self.world_size, self.rank, self._is_rank_zero = 1, 0, True
         if not 0.0 <= self._kd_ratio <= 1.0:
@@ -236,6 +243,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
     def _latest_checkpoint(self) -> Optional[Dict[str, Any]]:
         path, state = latest_checkpoint(self._output_dir, self.seed)
         self.global_step = state["global_step"]
+        self._nonfinite.skipped = state.get("skipped_steps", 0)
         self.epochs_run = state[training.EPOCHS_KEY]
         log.info(f"Resuming from {path} (step {self.global_step}).")
         return {"dir": path, "state": state}
@@ -316,6 +324,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
                 "rng_state": torch.get_rng_state(),
                 "world_size": self.world_size,
+                "skipped_steps": self._nonfinite.skipped,
                 **({FEATURE_STATE: self._features.recipe_state()} if self._features is not None else {}),
             } if with_recipe_state else None
             hf_state = merged_hf_state_dict(state_dict, self._lora, self._to_hf)
@@ -336,8 +345,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
         teacher = batch_teacher(self._teacher_cache, self._teacher_model, batch, labels, self._losses.ignore_index)
         with self._precision.autocast(self._device), capture_features(self._features, self._model, teacher) as feats:
-            class_loss, kd_loss = kd_step(
-                self._model, teacher, batch["tokens"], labels, self._losses, dtype=self._dtype,
+            class_loss, kd_loss = kd_step(  # never all labels ignored: no 0/0 (weighted by 0 tokens)
+                self._model, teacher, batch["tokens"], loss_labels(labels, self._losses.ignore_index), self._losses,
+                dtype=self._dtype,
                 mask=batch.get("mask", None), input_pos=batch.get("input_pos", None), weight_of=self._output_weight,
             )
             return class_loss, kd_loss, feats.loss_sum(batch["row_ids"]) if feats is not None else None
@@ -390,22 +400,22 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                     )
                     if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
                         grad_norm = grad_norm.full_tensor()
-                    self._optimizer.step()
-                    self._optimizer.zero_grad(set_to_none=True)
-                    self._lr_scheduler.step()
-                    self.global_step += 1
-
                     class_loss_to_log = float(running_class_loss) / denom
                     kd_loss_to_log = float(running_kd_loss) / denom
                     loss_to_log = (1 - self._kd_ratio) * class_loss_to_log + self._kd_ratio * kd_loss_to_log
+                    # checked before the optimizer sees the step (raises after too many)
+                    skipped = self._nonfinite.skip(self.global_step + 1, loss_to_log, grad_norm)
+                    if not skipped:
+                        self._optimizer.step()
+                    self._optimizer.zero_grad(set_to_none=True)
+                    self._lr_scheduler.step()  # a skipped step still consumed its data and schedule slot
+                    self.global_step += 1
                     if self._features is not None:  # the projections' step, and the term's mean
-                        feature_loss_to_log = self._features.step(denom, self._clip_grad_norm)
+                        feature_loss_to_log = self._features.step(denom, self._clip_grad_norm, apply=not skipped)
                         loss_to_log += self._features.config.weight * feature_loss_to_log
                     if self._is_rank_zero:
                         pbar.update(1)
                         pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log:.4f}")
-                    if not (torch.isfinite(torch.tensor(loss_to_log))):
-                        raise RuntimeError(f"non-finite loss {loss_to_log} at step {self.global_step}")
 
                     if self._is_rank_zero and self.global_step % self._log_every_n_steps == 0:
                         time_per_step = time.perf_counter() - t0
@@ -417,6 +427,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                             "grad_norm": grad_norm,
                             "tokens_per_second": int(num_tokens) / time_per_step,
                             "epoch": curr_epoch,
+                            "skipped_steps": self._nonfinite.skipped,
                         }
                         if self._features is not None:
                             log_dict["feature_loss"] = feature_loss_to_log

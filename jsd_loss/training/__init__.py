@@ -42,6 +42,7 @@ from jsd_loss.training._models import (
     setup_student,
     setup_teacher,
 )
+from jsd_loss.training._nonfinite import DEFAULT_MAX_SKIPPED_STEPS, NonFiniteSteps, loss_labels
 from jsd_loss.training._precision import Precision, precision_from_config
 from jsd_loss.training._teacher_cache import (
     batch_teacher,
@@ -55,6 +56,7 @@ from jsd_loss.training._teacher_cache import (
 from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_shape, model_shape
 
 __all__ = [
+    "DEFAULT_MAX_SKIPPED_STEPS",
     "FEATURE_STATE",
     "FeatureConfig",
     "FeatureDistiller",
@@ -64,6 +66,7 @@ __all__ = [
     "LLAMA_LAYOUT",
     "LoRA",
     "NOT_IMPLEMENTED",
+    "NonFiniteSteps",
     "Precision",
     "RECIPE_STATE",
     "SHAPE_KEYS",
@@ -91,6 +94,7 @@ __all__ = [
     "keep_freed_cpu_memory",
     "latest_checkpoint",
     "load_in_place",
+    "loss_labels",
     "manifest_for",
     "merged_hf_state_dict",
     "model_shape",
