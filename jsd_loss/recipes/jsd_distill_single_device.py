@@ -34,7 +34,8 @@
 #   - HF-format student checkpoints (LoRA merged) every ``save_every_n_steps`` and at the
 #     end, in the checkpointer's output_dir, written atomically by the converter of the model
 #     family (checkpointer.model_type, or hf_converter), with optimizer/dataloader/RNG state
-#     for an exact mid-epoch resume; an earlier run there is never replaced silently.
+#     for an exact mid-epoch resume, only the last ``keep_last_n_checkpoints`` (default 2)
+#     step_N kept; an earlier run there is never replaced silently.
 
 import shutil
 import sys
@@ -50,6 +51,7 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
 from jsd_loss.training import (
+    DEFAULT_KEEP_LAST_N,
     DEFAULT_MAX_SKIPPED_STEPS,
     FEATURE_STATE,
     NOT_IMPLEMENTED,
@@ -59,6 +61,7 @@ from jsd_loss.training import (
     build_dataloader,
     capture_features,
     check_checkpoints,
+    checked_keep_last_n,
     check_models_agree,
     checked_meta_model,
     feature_config,
@@ -73,6 +76,7 @@ from jsd_loss.training import (
     output_weight,
     peak_memory_gib,
     precision_from_config,
+    prune_checkpoints,
     refuse_earlier_run,
     refuse_unimplemented,
     reset_peak_memory,
@@ -125,6 +129,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._log_every_n_steps = cfg.get("log_every_n_steps", 1)
         self._log_peak_memory_stats = cfg.get("log_peak_memory_stats", True)
         self._save_every_n_steps = cfg.get("save_every_n_steps", None)
+        self._keep_last_n = checked_keep_last_n(cfg.get("keep_last_n_checkpoints", DEFAULT_KEEP_LAST_N))
         self.seed = training.set_seed(seed=cfg.seed, debug_mode=cfg.get("cudnn_deterministic_mode", None))
         self.epochs_run = 0
         self.total_epochs = cfg.epochs
@@ -330,6 +335,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             hf_state = merged_hf_state_dict(state_dict, self._lora, self._to_hf)
             write_checkpoint(target, hf_state, self._student_hf_config, self._student_dir, recipe_state)
             log.info(f"Saved {'checkpoint' if with_recipe_state else 'model'} to {target}")
+            if with_recipe_state:  # only once the new one is complete
+                for name in prune_checkpoints(self._output_dir, self._keep_last_n):
+                    log.info(f"Removed {self._output_dir / name} (keep_last_n_checkpoints={self._keep_last_n})")
         self._barrier()
         return target
 
@@ -435,13 +443,13 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                             log_dict["peak_memory_gib"] = peak_memory_gib(self._device)
                         self._metric_logger.log_dict(log_dict, step=self.global_step)
                     running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
-                    t0 = time.perf_counter()
 
                     last_step = (idx + 1) // self._gradient_accumulation_steps == self._steps_per_epoch
                     if last_step:
                         self.epochs_run += 1
                     if self._save_every_n_steps and self.global_step % self._save_every_n_steps == 0:
                         self.save_checkpoint(f"step_{self.global_step}", with_recipe_state=True)
+                    t0 = time.perf_counter()  # after the save: its time is no step's
                     if last_step:
                         break
             pbar.close()

@@ -3,10 +3,13 @@ and config-key checks, precision, data loading, the KD step, feature distillatio
 directories and checkpoints, saving by model family, peak memory, metric logging."""
 
 from jsd_loss.training._checkpoint import (
+    DEFAULT_KEEP_LAST_N,
     RECIPE_STATE,
+    checked_keep_last_n,
     earlier_run,
     latest_checkpoint,
     merged_hf_state_dict,
+    prune_checkpoints,
     read_recipe_state,
     refuse_earlier_run,
     write_checkpoint,
@@ -56,6 +59,7 @@ from jsd_loss.training._teacher_cache import (
 from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_shape, model_shape
 
 __all__ = [
+    "DEFAULT_KEEP_LAST_N",
     "DEFAULT_MAX_SKIPPED_STEPS",
     "FEATURE_STATE",
     "FeatureConfig",
@@ -80,6 +84,7 @@ __all__ = [
     "check_checkpoint_files",
     "check_checkpoints",
     "check_model_shape",
+    "checked_keep_last_n",
     "checked_meta_model",
     "check_models_agree",
     "earlier_run",
@@ -103,6 +108,7 @@ __all__ = [
     "output_weight",
     "peak_memory_gib",
     "precision_from_config",
+    "prune_checkpoints",
     "read_metrics",
     "read_pruning_manifest",
     "read_recipe_state",

@@ -4,6 +4,7 @@ merged), atomically, with the recipe state beside the weights of a step checkpoi
 
 import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -15,6 +16,7 @@ from jsd_loss.checkpointing import atomic_directory, write_model_dir
 from jsd_loss.training._models import LoRA
 
 RECIPE_STATE = "recipe_state.pt"
+DEFAULT_KEEP_LAST_N = 2  # step checkpoints kept (``keep_last_n_checkpoints``); final is never pruned
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -75,9 +77,7 @@ def latest_checkpoint(output_dir: Path, seed: int) -> Tuple[Path, Dict[str, Any]
         ValueError: if it was trained with another seed (the data order would differ).
     """
     steps = sorted(
-        (int(p.name.split("_")[1]), p)
-        for p in Path(output_dir).glob("step_*")
-        if p.name.split("_")[1].isdigit() and (p / RECIPE_STATE).is_file()
+        (_step(p), p) for p in Path(output_dir).glob("step_*") if _step(p) is not None and (p / RECIPE_STATE).is_file()
     )
     if not steps:
         raise FileNotFoundError(
@@ -88,6 +88,40 @@ def latest_checkpoint(output_dir: Path, seed: int) -> Tuple[Path, Dict[str, Any]
     if state[training.SEED_KEY] != seed:
         raise ValueError(f"checkpoint {path} was trained with seed {state[training.SEED_KEY]}, config has {seed}")
     return path, state
+
+
+def checked_keep_last_n(value: Optional[int]) -> Optional[int]:
+    """``keep_last_n_checkpoints`` as given (None: keep every step checkpoint).
+
+    Raises:
+        ValueError: unless it is None or a positive integer.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"keep_last_n_checkpoints must be a positive integer or null (keep all), got {value!r}")
+    return value
+
+
+def _step(path: Path) -> Optional[int]:
+    step = path.name[len("step_"):]
+    return int(step) if path.name.startswith("step_") and step.isdigit() else None
+
+
+def prune_checkpoints(output_dir: Path, keep: Optional[int]) -> List[str]:
+    """Remove all but the newest ``keep`` ``step_N`` checkpoints of ``output_dir`` (all kept
+    when ``keep`` is None; ``final`` is never touched), and the hidden temporaries that
+    interrupted step checkpoint writes left (``.step_N.tmp-*``, incomplete by construction).
+    Meant to be called right after a step checkpoint was written, by the only writer.
+
+    Returns:
+        List[str]: the names removed.
+    """
+    output_dir = Path(output_dir)
+    steps = sorted((_step(p), p) for p in output_dir.glob("step_*") if _step(p) is not None and p.is_dir())
+    doomed = [p for _, p in steps[: -keep]] if keep is not None else []
+    doomed += sorted(output_dir.glob(".step_*.tmp-*"))
+    for path in doomed:
+        shutil.rmtree(path)
+    return [p.name for p in doomed]
 
 
 def merged_hf_state_dict(

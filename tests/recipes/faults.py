@@ -54,3 +54,37 @@ def dolly_with_empty_batches(tokenizer, **kwargs):
     """``dolly_dataset`` in which every second pair of rows has no trained label (with
     ``shuffle: False`` and ``batch_size: 2``, every second micro-batch is empty)."""
     return _WithEmptyPairs(dolly_dataset(tokenizer, **kwargs))
+
+
+def killed_during_save(n: int) -> None:
+    """``tune run`` (arguments from ``sys.argv``) in this process, SIGKILLed in the middle of
+    its ``n``-th checkpoint write: the weights file half written, nothing renamed yet."""
+    import signal
+    import sys
+
+    from torchtune._cli.tune import main
+
+    import jsd_loss.training._checkpoint as checkpoint
+
+    original, calls = checkpoint.write_model_dir, []
+
+    def write_model_dir(target, *args, **kwargs):
+        original(target, *args, **kwargs)
+        calls.append(target)
+        if len(calls) == n:
+            weights = target / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    checkpoint.write_model_dir = write_model_dir
+    sys.argv = ["tune", *sys.argv[1:]]
+    main()
+
+
+if __name__ == "__main__":  # python -m tests.recipes.faults kill-during-save N run RECIPE --config ...
+    import sys
+
+    assert sys.argv[1] == "kill-during-save"
+    n = int(sys.argv[2])
+    del sys.argv[1:3]
+    killed_during_save(n)

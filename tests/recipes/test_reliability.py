@@ -2,12 +2,15 @@
 save, changed configs on resume (tiny random models, ``tune run`` end to end)."""
 
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from jsd_loss.checkpointing import load_state_dict
-from tests.conftest import metrics, tiny_config, tune_run
+from tests.conftest import REPO, SINGLE_DEVICE, clean_env, metrics, tiny_config, tune_run
 from tests.jsd_loss.training.test_checkpoint import plant_payload
 
 
@@ -87,3 +90,26 @@ def test_empty_micro_batches_contribute_nothing(tmp_path, tiny_dirs, clean_run):
         for key in ("loss", "class_loss", "kd_loss", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-6), (a["step"], key)
     assert_same_weights(tmp_path / "out" / "final", clean_run / "final")
+
+
+def test_only_the_last_step_checkpoints_are_kept(clean_run):
+    # keep_last_n_checkpoints defaults to 2: step_1 went once step_3 was complete
+    assert sorted(p.name for p in clean_run.iterdir()) == ["final", "logs", "step_2", "step_3"]
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_resumable(tmp_path, tiny_dirs, clean_run):
+    cfg = tiny_config(tmp_path, *tiny_dirs, **STEPS)
+    proc = subprocess.run(  # SIGKILLed with step_3's weights half written
+        [sys.executable, "-m", "tests.recipes.faults", "kill-during-save", "3", "run", SINGLE_DEVICE, "--config", str(cfg)],
+        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600,
+    )
+    out = tmp_path / "out"
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["logs", "step_1", "step_2"]
+    assert [p.name[: len(".step_3.tmp-")] for p in out.glob(".*")] == [".step_3.tmp-"]  # the half-written one
+    assert_same_weights(out / "step_2", clean_run / "step_2")
+
+    tune_run(cfg, "resume_from_checkpoint=True")
+    assert_same_weights(out / "final", clean_run / "final")
+    assert metrics(out)[2]["loss"] == pytest.approx(metrics(clean_run)[2]["loss"], rel=1e-6)
+    assert sorted(p.name for p in out.iterdir()) == ["final", "logs", "step_2", "step_3"]  # leftover removed

@@ -9,8 +9,10 @@ from jsd_loss.checkpointing import load_state_dict, read_config
 from jsd_loss.models.smollm2 import smollm2_from_hf, smollm2_tune_to_hf
 from jsd_loss.training import (
     RECIPE_STATE,
+    checked_keep_last_n,
     latest_checkpoint,
     merged_hf_state_dict,
+    prune_checkpoints,
     read_recipe_state,
     refuse_earlier_run,
     setup_student,
@@ -42,6 +44,23 @@ def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
         latest_checkpoint(tmp_path, seed=6)
     with pytest.raises(FileNotFoundError, match="no step_N checkpoint"):
         latest_checkpoint(tmp_path / "step_11", seed=5)
+
+
+def test_pruning_keeps_the_newest_step_checkpoints_and_final(tmp_path):
+    names = ["step_1", "step_2", "step_9", "step_10", "final", "logs", "step_x", ".step_11.tmp-abc", ".final.old-q"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    (tmp_path / "step_3").write_text("a file, not a checkpoint")
+    removed = prune_checkpoints(tmp_path, keep=2)
+    # by step number, not by name (step_10 sorts before step_9 as text)
+    assert sorted(removed) == [".step_11.tmp-abc", "step_1", "step_2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".final.old-q", "final", "logs", "step_10", "step_3",
+                                                          "step_9", "step_x"]
+    assert prune_checkpoints(tmp_path, keep=None) == [] and prune_checkpoints(tmp_path, keep=1) == ["step_9"]
+    assert checked_keep_last_n(None) is None and checked_keep_last_n(3) == 3
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="keep_last_n_checkpoints must be a positive integer or null"):
+            checked_keep_last_n(bad)
 
 
 class Payload:
