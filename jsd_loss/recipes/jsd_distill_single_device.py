@@ -34,7 +34,8 @@
 #   - HF-format student checkpoints (LoRA merged) every ``save_every_n_steps`` and at the
 #     end, in the checkpointer's output_dir, written atomically by the converter of the model
 #     family (checkpointer.model_type, or hf_converter), with optimizer/dataloader/RNG state
-#     for an exact mid-epoch resume, only the last ``keep_last_n_checkpoints`` (default 2)
+#     for an exact mid-epoch resume (refused, naming the key, when the config changes the data
+#     order, schedule or model; every rank's CPU and CUDA RNG restored), only the last ``keep_last_n_checkpoints`` (default 2)
 #     step_N kept; an earlier run there is never replaced silently.
 
 import shutil
@@ -55,12 +56,15 @@ from jsd_loss.training import (
     DEFAULT_MAX_SKIPPED_STEPS,
     FEATURE_STATE,
     NOT_IMPLEMENTED,
+    RNG_KEY,
+    RUN_KEY,
     NonFiniteSteps,
     SHARDING_ONLY,
     batch_teacher,
     build_dataloader,
     capture_features,
     check_checkpoints,
+    check_resume,
     checked_keep_last_n,
     check_models_agree,
     checked_meta_model,
@@ -71,6 +75,7 @@ from jsd_loss.training import (
     latest_checkpoint,
     loss_labels,
     merged_hf_state_dict,
+    model_shape,
     num_trainable,
     open_teacher_cache,
     output_weight,
@@ -80,6 +85,9 @@ from jsd_loss.training import (
     refuse_earlier_run,
     refuse_unimplemented,
     reset_peak_memory,
+    rng_state,
+    run_identity,
+    set_rng_state,
     setup_feature_distillation,
     setup_losses,
     setup_student,
@@ -157,6 +165,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         checked_meta_model(cfg.teacher_model, self._precision.teacher_dtype, teacher_hf_config, "teacher",
                            Path(cfg.teacher_checkpointer.checkpoint_dir))
         self._to_hf = hf_converter(cfg.checkpointer, self._student_hf_config, student, cfg.get("hf_converter"))
+        self._run_identity = run_identity(cfg, self.world_size, model_shape(student))  # what a resume must keep
         self._features = setup_feature_distillation(  # the layer map checked; None when off
             self._feature_config, self._student_hf_config, teacher_hf_config, self._student_dir,
             seed=self.seed, device=self._device,
@@ -240,13 +249,14 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 last_epoch=self.global_step - 1, state=resume_state["state"] if resume_state is not None else None,
             )
         if resume_state is not None:
-            torch.set_rng_state(resume_state["state"]["rng_state"])
+            set_rng_state(resume_state["state"], self.rank, self._device)
 
         self.ignore_labels_cache = torch.full((cfg.batch_size, 1), self._losses.ignore_index, device=self._device)
         self._start_output(cfg)
 
     def _latest_checkpoint(self) -> Optional[Dict[str, Any]]:
         path, state = latest_checkpoint(self._output_dir, self.seed)
+        check_resume(state, self._run_identity, path)
         self.global_step = state["global_step"]
         self._nonfinite.skipped = state.get("skipped_steps", 0)
         self.epochs_run = state[training.EPOCHS_KEY]
@@ -314,11 +324,16 @@ class KDRecipeSingleDevice(FTRecipeInterface):
     def _barrier(self) -> None:
         """Wait for every rank (nothing to wait for in one process)."""
 
+    def _all_ranks(self, obj: Any) -> List[Any]:
+        """``obj`` of every rank, by rank."""
+        return [obj]
+
     def save_checkpoint(self, name: str, with_recipe_state: bool) -> Path:
         """Write ``output_dir/<name>`` as a standard HF model directory, atomically."""
         target = self._output_dir / name
         state_dict = self._full_state_dict()
         opt_state = self._optimizer_state_dict() if with_recipe_state else None
+        rng_states = self._all_ranks(rng_state(self._device)) if with_recipe_state else None
         if self._is_rank_zero:
             recipe_state = {
                 training.OPT_KEY: opt_state,
@@ -327,7 +342,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 training.EPOCHS_KEY: self.epochs_run,
                 "global_step": self.global_step,
                 "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
-                "rng_state": torch.get_rng_state(),
+                RNG_KEY: rng_states,
+                RUN_KEY: self._run_identity,
                 "world_size": self.world_size,
                 "skipped_steps": self._nonfinite.skipped,
                 **({FEATURE_STATE: self._features.recipe_state()} if self._features is not None else {}),

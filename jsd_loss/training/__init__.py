@@ -47,6 +47,7 @@ from jsd_loss.training._models import (
 )
 from jsd_loss.training._nonfinite import DEFAULT_MAX_SKIPPED_STEPS, NonFiniteSteps, loss_labels
 from jsd_loss.training._precision import Precision, precision_from_config
+from jsd_loss.training._resume import RNG_KEY, RUN_KEY, check_resume, rng_state, run_identity, set_rng_state
 from jsd_loss.training._teacher_cache import (
     batch_teacher,
     cache_identity,
@@ -73,6 +74,8 @@ __all__ = [
     "NonFiniteSteps",
     "Precision",
     "RECIPE_STATE",
+    "RNG_KEY",
+    "RUN_KEY",
     "SHAPE_KEYS",
     "SHARDING_ONLY",
     "TARGETS",
@@ -84,6 +87,7 @@ __all__ = [
     "check_checkpoint_files",
     "check_checkpoints",
     "check_model_shape",
+    "check_resume",
     "checked_keep_last_n",
     "checked_meta_model",
     "check_models_agree",
@@ -115,10 +119,13 @@ __all__ = [
     "refuse_earlier_run",
     "refuse_unimplemented",
     "reset_peak_memory",
+    "rng_state",
+    "run_identity",
     "run_rows",
     "setup_feature_distillation",
     "setup_losses",
     "setup_student",
+    "set_rng_state",
     "setup_teacher",
     "steps_per_epoch",
     "unpacked",

@@ -113,3 +113,16 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_resumable(tmp_
     assert_same_weights(out / "final", clean_run / "final")
     assert metrics(out)[2]["loss"] == pytest.approx(metrics(clean_run)[2]["loss"], rel=1e-6)
     assert sorted(p.name for p in out.iterdir()) == ["final", "logs", "step_2", "step_3"]  # leftover removed
+
+
+def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, tiny_dirs, clean_run):
+    shutil.copytree(clean_run, tmp_path / "out")
+    cfg = tiny_config(tmp_path, *tiny_dirs, **{**STEPS, "batch_size": 4, "dataset.max_rows": 6})
+    proc = tune_run(cfg, "resume_from_checkpoint=True", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"cannot resume from {tmp_path / 'out' / 'step_3'}: " in text
+    assert "batch_size was 2, is 4 (the data order and the steps per epoch)" in text
+    assert "'max_rows': 8" in text and "'max_rows': 6" in text
+    assert "Student model" not in text  # refused before any model was built
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["final", "logs", "step_2", "step_3"]
