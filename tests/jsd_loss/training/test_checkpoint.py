@@ -102,18 +102,22 @@ def test_a_truncated_recipe_state_is_refused_naming_the_file(tmp_path):
         latest_checkpoint(tmp_path, seed=0)
 
 
-def test_merged_lora_checkpoint_is_the_model_it_was_trained_as(tmp_path, tokenizer_json):
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_merged_lora_checkpoint_is_the_model_it_was_trained_as(tmp_path, tokenizer_json, use_dora):
     src = write_tiny_hf_dir(tmp_path / "src", seed=3, tokenizer_from=tokenizer_json.parent)
     cfg = read_config(src)
     base = smollm2_from_hf(str(src)).state_dict()
     lora_cfg = OmegaConf.create({"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
-                                 "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, **TINY})
+                                 "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, "use_dora": use_dora,
+                                 **TINY})
     model, lora = setup_student(lora_cfg, base, device=torch.device("cpu"), dtype=torch.float32, seed=0,
                                 activation_checkpointing=False)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_b" in name:
                 p.normal_(0, 0.1)  # a trained adapter (lora_b starts at zero)
+            if "magnitude" in name:
+                p.mul_(1 + 0.1 * torch.rand_like(p))  # and trained DoRA magnitudes
     tokens = torch.randint(0, TINY["vocab_size"], (1, 9))
     expected = model.eval()(tokens)
 
