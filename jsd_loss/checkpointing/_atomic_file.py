@@ -6,6 +6,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from jsd_loss.checkpointing._fs import fsync_dir, fsync_file
+
 
 @contextmanager
 def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
@@ -37,8 +39,8 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
-        with open(tmp, "rb") as fh:  # data on disk before the rename makes it visible
-            os.fsync(fh.fileno())
+        fsync_file(tmp)  # data on disk before the rename makes it visible
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # and the rename itself
     finally:
         tmp.unlink(missing_ok=True)

@@ -12,6 +12,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from jsd_loss.checkpointing._fs import exchange, fsync_dir, fsync_file
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -71,8 +73,13 @@ def atomic_directory(output_dir: Path, overwrite: bool = False) -> Iterator[Path
     """Yield a temporary directory beside ``output_dir``; rename it into place on success.
 
     An exception (or a kill) leaves ``output_dir`` untouched and only a hidden
-    ``.<name>.tmp-*`` directory behind, which is removed when Python unwinds. With
-    ``overwrite`` an existing ``output_dir`` is replaced only once the new one is complete.
+    ``.<name>.tmp-*`` directory behind, which is removed when Python unwinds. Its files and
+    directory entries are flushed to disk (fsync) before the rename, and the rename before
+    anything is removed. With ``overwrite`` an existing ``output_dir`` is replaced only once
+    the new one is complete, by swapping the two in one step (Linux ``renameat2``), so there
+    is no moment without a complete ``output_dir``; where the file system cannot swap, the old
+    one is moved aside first (a kill between the two renames leaves it, complete, in a hidden
+    ``.<name>.old-*`` directory beside it).
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite and any(output_dir.iterdir()):
@@ -86,15 +93,17 @@ def atomic_directory(output_dir: Path, overwrite: bool = False) -> Iterator[Path
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             os.chmod(f, 0o666 & ~umask)
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if output_dir.exists():
+            fsync_file(f)
+        fsync_dir(tmp)
+        if not output_dir.exists():
+            os.replace(tmp, output_dir)
+        elif not exchange(tmp, output_dir):  # tmp now holds the old directory, removed below
             trash = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
             os.replace(output_dir, trash / output_dir.name)
             os.replace(tmp, output_dir)
+            fsync_dir(output_dir.parent)
             shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
+        fsync_dir(output_dir.parent)  # the new entry on disk before the old one is removed
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,8 +14,8 @@
 #   - each rank reads its own shard of every batch (distributed sampler); the step's token
 #     count and losses are all-reduced, and gradients rescaled by world_size / tokens to undo
 #     FSDP2's gradient averaging, so a step equals the single-device step at the same global batch;
-#   - checkpoints: full model and optimizer state consolidated on rank 0, which alone writes
-#     (atomically); every rank waits at a barrier;
+#   - checkpoints: full model and optimizer state, and every rank's RNG state, consolidated
+#     on rank 0, which alone writes (atomically); every rank waits at a barrier;
 #   - fused-linear KD losses read the output weight after the forward, so the root module
 #     (embeddings, final norm, output) is not resharded after forward: the loss sees the
 #     unsharded weight and FSDP2 reduce-scatters its gradient with the others;
@@ -113,6 +113,11 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
     def _barrier(self) -> None:
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
+
+    def _all_ranks(self, obj: Any) -> List[Any]:
+        gathered = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
 
     def cleanup(self) -> None:
         if getattr(self, "_metric_logger", None) is not None:

@@ -21,6 +21,9 @@
 #     refused when they ask for something;
 #   - gradients are the token-weighted mean over the whole accumulated step (the stock
 #     recipe backpropagates per-batch means and then divides by the token count again);
+#     a micro-batch with no trained label contributes nothing (not 0/0 = NaN); a step with a
+#     non-finite loss or gradient norm is skipped before the optimizer sees it, and more than
+#     ``max_skipped_steps`` (default 3) of them stop the run (jsd_loss.training.NonFiniteSteps);
 #   - ``teacher_cache: DIR``: the teacher's top-k distributions read from a cache built by
 #     jsd_loss/recipes/cache_teacher.py instead of computed; the teacher is then not loaded
 #     (unless ``teacher_cache_fallback: live`` for rows the cache lacks), and a cache of
@@ -31,7 +34,9 @@
 #   - HF-format student checkpoints (LoRA merged) every ``save_every_n_steps`` and at the
 #     end, in the checkpointer's output_dir, written atomically by the converter of the model
 #     family (checkpointer.model_type, or hf_converter), with optimizer/dataloader/RNG state
-#     for an exact mid-epoch resume; an earlier run there is never replaced silently.
+#     for an exact mid-epoch resume (refused, naming the key, when the config changes the data
+#     order, schedule or model; every rank's CPU and CUDA RNG restored), only the last ``keep_last_n_checkpoints`` (default 2)
+#     step_N kept; an earlier run there is never replaced silently.
 
 import shutil
 import sys
@@ -47,13 +52,20 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
 from jsd_loss.training import (
+    DEFAULT_KEEP_LAST_N,
+    DEFAULT_MAX_SKIPPED_STEPS,
     FEATURE_STATE,
     NOT_IMPLEMENTED,
+    RNG_KEY,
+    RUN_KEY,
+    NonFiniteSteps,
     SHARDING_ONLY,
     batch_teacher,
     build_dataloader,
     capture_features,
     check_checkpoints,
+    check_resume,
+    checked_keep_last_n,
     check_models_agree,
     checked_meta_model,
     feature_config,
@@ -61,15 +73,21 @@ from jsd_loss.training import (
     kd_step,
     keep_freed_cpu_memory,
     latest_checkpoint,
+    loss_labels,
     merged_hf_state_dict,
+    model_shape,
     num_trainable,
     open_teacher_cache,
     output_weight,
     peak_memory_gib,
     precision_from_config,
+    prune_checkpoints,
     refuse_earlier_run,
     refuse_unimplemented,
     reset_peak_memory,
+    rng_state,
+    run_identity,
+    set_rng_state,
     setup_feature_distillation,
     setup_losses,
     setup_student,
@@ -119,6 +137,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._log_every_n_steps = cfg.get("log_every_n_steps", 1)
         self._log_peak_memory_stats = cfg.get("log_peak_memory_stats", True)
         self._save_every_n_steps = cfg.get("save_every_n_steps", None)
+        self._keep_last_n = checked_keep_last_n(cfg.get("keep_last_n_checkpoints", DEFAULT_KEEP_LAST_N))
         self.seed = training.set_seed(seed=cfg.seed, debug_mode=cfg.get("cudnn_deterministic_mode", None))
         self.epochs_run = 0
         self.total_epochs = cfg.epochs
@@ -128,6 +147,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._gradient_accumulation_steps = cfg.gradient_accumulation_steps
         self._clip_grad_norm = cfg.get("clip_grad_norm", None)
         self._kd_ratio = cfg.get("kd_ratio", 0.5)
+        self._nonfinite = NonFiniteSteps(cfg.get("max_skipped_steps", DEFAULT_MAX_SKIPPED_STEPS), log=log)
         # single process; the distributed recipe overrides these
         self.world_size, self.rank, self._is_rank_zero = 1, 0, True
         if not 0.0 <= self._kd_ratio <= 1.0:
@@ -145,6 +165,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         checked_meta_model(cfg.teacher_model, self._precision.teacher_dtype, teacher_hf_config, "teacher",
                            Path(cfg.teacher_checkpointer.checkpoint_dir))
         self._to_hf = hf_converter(cfg.checkpointer, self._student_hf_config, student, cfg.get("hf_converter"))
+        self._run_identity = run_identity(cfg, self.world_size, model_shape(student))  # what a resume must keep
         self._features = setup_feature_distillation(  # the layer map checked; None when off
             self._feature_config, self._student_hf_config, teacher_hf_config, self._student_dir,
             seed=self.seed, device=self._device,
@@ -228,14 +249,16 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 last_epoch=self.global_step - 1, state=resume_state["state"] if resume_state is not None else None,
             )
         if resume_state is not None:
-            torch.set_rng_state(resume_state["state"]["rng_state"])
+            set_rng_state(resume_state["state"], self.rank, self._device)
 
         self.ignore_labels_cache = torch.full((cfg.batch_size, 1), self._losses.ignore_index, device=self._device)
         self._start_output(cfg)
 
     def _latest_checkpoint(self) -> Optional[Dict[str, Any]]:
         path, state = latest_checkpoint(self._output_dir, self.seed)
+        check_resume(state, self._run_identity, path)
         self.global_step = state["global_step"]
+        self._nonfinite.skipped = state.get("skipped_steps", 0)
         self.epochs_run = state[training.EPOCHS_KEY]
         log.info(f"Resuming from {path} (step {self.global_step}).")
         return {"dir": path, "state": state}
@@ -301,11 +324,16 @@ class KDRecipeSingleDevice(FTRecipeInterface):
     def _barrier(self) -> None:
         """Wait for every rank (nothing to wait for in one process)."""
 
+    def _all_ranks(self, obj: Any) -> List[Any]:
+        """``obj`` of every rank, by rank."""
+        return [obj]
+
     def save_checkpoint(self, name: str, with_recipe_state: bool) -> Path:
         """Write ``output_dir/<name>`` as a standard HF model directory, atomically."""
         target = self._output_dir / name
         state_dict = self._full_state_dict()
         opt_state = self._optimizer_state_dict() if with_recipe_state else None
+        rng_states = self._all_ranks(rng_state(self._device)) if with_recipe_state else None
         if self._is_rank_zero:
             recipe_state = {
                 training.OPT_KEY: opt_state,
@@ -314,13 +342,18 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 training.EPOCHS_KEY: self.epochs_run,
                 "global_step": self.global_step,
                 "steps_done_this_epoch": self.global_step - self.epochs_run * self._steps_per_epoch,
-                "rng_state": torch.get_rng_state(),
+                RNG_KEY: rng_states,
+                RUN_KEY: self._run_identity,
                 "world_size": self.world_size,
+                "skipped_steps": self._nonfinite.skipped,
                 **({FEATURE_STATE: self._features.recipe_state()} if self._features is not None else {}),
             } if with_recipe_state else None
             hf_state = merged_hf_state_dict(state_dict, self._lora, self._to_hf)
             write_checkpoint(target, hf_state, self._student_hf_config, self._student_dir, recipe_state)
             log.info(f"Saved {'checkpoint' if with_recipe_state else 'model'} to {target}")
+            if with_recipe_state:  # only once the new one is complete
+                for name in prune_checkpoints(self._output_dir, self._keep_last_n):
+                    log.info(f"Removed {self._output_dir / name} (keep_last_n_checkpoints={self._keep_last_n})")
         self._barrier()
         return target
 
@@ -336,8 +369,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         labels = torch.hstack((labels[..., 1:], self.ignore_labels_cache[: labels.shape[0]]))
         teacher = batch_teacher(self._teacher_cache, self._teacher_model, batch, labels, self._losses.ignore_index)
         with self._precision.autocast(self._device), capture_features(self._features, self._model, teacher) as feats:
-            class_loss, kd_loss = kd_step(
-                self._model, teacher, batch["tokens"], labels, self._losses, dtype=self._dtype,
+            class_loss, kd_loss = kd_step(  # never all labels ignored: no 0/0 (weighted by 0 tokens)
+                self._model, teacher, batch["tokens"], loss_labels(labels, self._losses.ignore_index), self._losses,
+                dtype=self._dtype,
                 mask=batch.get("mask", None), input_pos=batch.get("input_pos", None), weight_of=self._output_weight,
             )
             return class_loss, kd_loss, feats.loss_sum(batch["row_ids"]) if feats is not None else None
@@ -390,22 +424,22 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                     )
                     if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
                         grad_norm = grad_norm.full_tensor()
-                    self._optimizer.step()
-                    self._optimizer.zero_grad(set_to_none=True)
-                    self._lr_scheduler.step()
-                    self.global_step += 1
-
                     class_loss_to_log = float(running_class_loss) / denom
                     kd_loss_to_log = float(running_kd_loss) / denom
                     loss_to_log = (1 - self._kd_ratio) * class_loss_to_log + self._kd_ratio * kd_loss_to_log
+                    # checked before the optimizer sees the step (raises after too many)
+                    skipped = self._nonfinite.skip(self.global_step + 1, loss_to_log, grad_norm)
+                    if not skipped:
+                        self._optimizer.step()
+                    self._optimizer.zero_grad(set_to_none=True)
+                    self._lr_scheduler.step()  # a skipped step still consumed its data and schedule slot
+                    self.global_step += 1
                     if self._features is not None:  # the projections' step, and the term's mean
-                        feature_loss_to_log = self._features.step(denom, self._clip_grad_norm)
+                        feature_loss_to_log = self._features.step(denom, self._clip_grad_norm, apply=not skipped)
                         loss_to_log += self._features.config.weight * feature_loss_to_log
                     if self._is_rank_zero:
                         pbar.update(1)
                         pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log:.4f}")
-                    if not (torch.isfinite(torch.tensor(loss_to_log))):
-                        raise RuntimeError(f"non-finite loss {loss_to_log} at step {self.global_step}")
 
                     if self._is_rank_zero and self.global_step % self._log_every_n_steps == 0:
                         time_per_step = time.perf_counter() - t0
@@ -417,6 +451,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                             "grad_norm": grad_norm,
                             "tokens_per_second": int(num_tokens) / time_per_step,
                             "epoch": curr_epoch,
+                            "skipped_steps": self._nonfinite.skipped,
                         }
                         if self._features is not None:
                             log_dict["feature_loss"] = feature_loss_to_log
@@ -424,13 +459,13 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                             log_dict["peak_memory_gib"] = peak_memory_gib(self._device)
                         self._metric_logger.log_dict(log_dict, step=self.global_step)
                     running_class_loss, running_kd_loss, num_tokens = 0.0, 0.0, 0
-                    t0 = time.perf_counter()
 
                     last_step = (idx + 1) // self._gradient_accumulation_steps == self._steps_per_epoch
                     if last_step:
                         self.epochs_run += 1
                     if self._save_every_n_steps and self.global_step % self._save_every_n_steps == 0:
                         self.save_checkpoint(f"step_{self.global_step}", with_recipe_state=True)
+                    t0 = time.perf_counter()  # after the save: its time is no step's
                     if last_step:
                         break
             pbar.close()

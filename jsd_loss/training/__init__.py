@@ -3,10 +3,14 @@ and config-key checks, precision, data loading, the KD step, feature distillatio
 directories and checkpoints, saving by model family, peak memory, metric logging."""
 
 from jsd_loss.training._checkpoint import (
+    DEFAULT_KEEP_LAST_N,
     RECIPE_STATE,
+    checked_keep_last_n,
     earlier_run,
     latest_checkpoint,
     merged_hf_state_dict,
+    prune_checkpoints,
+    read_recipe_state,
     refuse_earlier_run,
     write_checkpoint,
 )
@@ -41,7 +45,9 @@ from jsd_loss.training._models import (
     setup_student,
     setup_teacher,
 )
+from jsd_loss.training._nonfinite import DEFAULT_MAX_SKIPPED_STEPS, NonFiniteSteps, loss_labels
 from jsd_loss.training._precision import Precision, precision_from_config
+from jsd_loss.training._resume import RNG_KEY, RUN_KEY, check_resume, rng_state, run_identity, set_rng_state
 from jsd_loss.training._teacher_cache import (
     batch_teacher,
     cache_identity,
@@ -54,6 +60,8 @@ from jsd_loss.training._teacher_cache import (
 from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_shape, model_shape
 
 __all__ = [
+    "DEFAULT_KEEP_LAST_N",
+    "DEFAULT_MAX_SKIPPED_STEPS",
     "FEATURE_STATE",
     "FeatureConfig",
     "FeatureDistiller",
@@ -63,8 +71,11 @@ __all__ = [
     "LLAMA_LAYOUT",
     "LoRA",
     "NOT_IMPLEMENTED",
+    "NonFiniteSteps",
     "Precision",
     "RECIPE_STATE",
+    "RNG_KEY",
+    "RUN_KEY",
     "SHAPE_KEYS",
     "SHARDING_ONLY",
     "TARGETS",
@@ -76,6 +87,8 @@ __all__ = [
     "check_checkpoint_files",
     "check_checkpoints",
     "check_model_shape",
+    "check_resume",
+    "checked_keep_last_n",
     "checked_meta_model",
     "check_models_agree",
     "earlier_run",
@@ -90,6 +103,7 @@ __all__ = [
     "keep_freed_cpu_memory",
     "latest_checkpoint",
     "load_in_place",
+    "loss_labels",
     "manifest_for",
     "merged_hf_state_dict",
     "model_shape",
@@ -98,15 +112,20 @@ __all__ = [
     "output_weight",
     "peak_memory_gib",
     "precision_from_config",
+    "prune_checkpoints",
     "read_metrics",
     "read_pruning_manifest",
+    "read_recipe_state",
     "refuse_earlier_run",
     "refuse_unimplemented",
     "reset_peak_memory",
+    "rng_state",
+    "run_identity",
     "run_rows",
     "setup_feature_distillation",
     "setup_losses",
     "setup_student",
+    "set_rng_state",
     "setup_teacher",
     "steps_per_epoch",
     "unpacked",

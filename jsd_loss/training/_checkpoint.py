@@ -2,6 +2,9 @@
 step checkpoint to resume from, and checkpoints written as HF model directories (LoRA
 merged), atomically, with the recipe state beside the weights of a step checkpoint."""
 
+import pickle
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -13,6 +16,7 @@ from jsd_loss.checkpointing import atomic_directory, write_model_dir
 from jsd_loss.training._models import LoRA
 
 RECIPE_STATE = "recipe_state.pt"
+DEFAULT_KEEP_LAST_N = 2  # step checkpoints kept (``keep_last_n_checkpoints``); final is never pruned
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -40,28 +44,84 @@ def refuse_earlier_run(output_dir: Path, resume: bool, overwrite: bool) -> List[
     return previous
 
 
+def read_recipe_state(path: Path) -> Dict[str, Any]:
+    """A ``recipe_state.pt`` read with ``weights_only=True``: tensors and plain containers only,
+    so a planted pickle is refused without any of its code running.
+
+    Raises:
+        ValueError: naming ``path``, if it holds anything else (a class, a function: code that
+            unpickling would run) or is not a readable torch file (truncated, corrupted).
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(e))
+        raise ValueError(
+            f"refusing to resume from {path}: it holds "
+            f"{'the global ' + found.group(1) if found else 'objects'} besides tensors and plain "
+            "containers, which a checkpoint of this recipe never does; it is never unpickled "
+            "(unpickling could run code). Resume only from checkpoints this recipe wrote."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"cannot resume from {path}: not a readable torch file (truncated or corrupted?): {e}") from e
+
+
 def latest_checkpoint(output_dir: Path, seed: int) -> Tuple[Path, Dict[str, Any]]:
     """The newest ``step_N`` checkpoint in ``output_dir`` and its recipe state (tensors and
-    plain containers only: loaded with ``weights_only=True``).
+    plain containers only: see :func:`read_recipe_state`).
 
     Raises:
         FileNotFoundError: if there is none.
+        ValueError: if its recipe state holds code or is unreadable (naming the file).
         ValueError: if it was trained with another seed (the data order would differ).
     """
     steps = sorted(
-        (int(p.name.split("_")[1]), p)
-        for p in Path(output_dir).glob("step_*")
-        if p.name.split("_")[1].isdigit() and (p / RECIPE_STATE).is_file()
+        (_step(p), p) for p in Path(output_dir).glob("step_*") if _step(p) is not None and (p / RECIPE_STATE).is_file()
     )
     if not steps:
         raise FileNotFoundError(
             f"resume_from_checkpoint=True but {output_dir} has no step_N checkpoint with {RECIPE_STATE}"
         )
     path = steps[-1][1]
-    state = torch.load(path / RECIPE_STATE, weights_only=True)
+    state = read_recipe_state(path / RECIPE_STATE)
     if state[training.SEED_KEY] != seed:
         raise ValueError(f"checkpoint {path} was trained with seed {state[training.SEED_KEY]}, config has {seed}")
     return path, state
+
+
+def checked_keep_last_n(value: Optional[int]) -> Optional[int]:
+    """``keep_last_n_checkpoints`` as given (None: keep every step checkpoint).
+
+    Raises:
+        ValueError: unless it is None or a positive integer.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"keep_last_n_checkpoints must be a positive integer or null (keep all), got {value!r}")
+    return value
+
+
+def _step(path: Path) -> Optional[int]:
+    step = path.name[len("step_"):]
+    return int(step) if path.name.startswith("step_") and step.isdigit() else None
+
+
+def prune_checkpoints(output_dir: Path, keep: Optional[int]) -> List[str]:
+    """Remove all but the newest ``keep`` ``step_N`` checkpoints of ``output_dir`` (all kept
+    when ``keep`` is None; ``final`` is never touched), and the hidden temporaries that
+    interrupted step checkpoint writes left (``.step_N.tmp-*``, incomplete by construction).
+    Meant to be called right after a step checkpoint was written, by the only writer.
+
+    Returns:
+        List[str]: the names removed.
+    """
+    output_dir = Path(output_dir)
+    steps = sorted((_step(p), p) for p in output_dir.glob("step_*") if _step(p) is not None and p.is_dir())
+    doomed = [p for _, p in steps[: -keep]] if keep is not None else []
+    doomed += sorted(output_dir.glob(".step_*.tmp-*"))
+    for path in doomed:
+        shutil.rmtree(path)
+    return [p.name for p in doomed]
 
 
 def merged_hf_state_dict(

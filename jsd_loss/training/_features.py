@@ -192,18 +192,20 @@ class FeatureDistiller(nn.Module):
         self._lr_scheduler = tt_config.instantiate(
             cfg_lr_scheduler, self._optimizer, num_training_steps=num_training_steps, last_epoch=last_epoch)
 
-    def step(self, label_tokens: float, max_norm: Optional[float]) -> float:
+    def step(self, label_tokens: float, max_norm: Optional[float], apply: bool = True) -> float:
         """End of a step: the projections' gradients summed over ranks, divided by the step's
         ``label_tokens`` as the student's are, clipped to ``max_norm`` on their own, and
-        applied. Returns the step's feature loss, the mean over its real tokens."""
+        applied (dropped when not ``apply``: a skipped step; the schedule moves on either way).
+        Returns the step's feature loss, the mean over its real tokens."""
         loss_sum = float(_sum_over_ranks(self._step_loss_sum.clone()))
         self._step_loss_sum.zero_()
         if self._optimizer is not None:
             params = [p for p in self.projections.parameters() if p.grad is not None]
-            for p in params:
-                _sum_over_ranks(p.grad).div_(label_tokens)
-            torch.nn.utils.clip_grad_norm_(params, float(max_norm) if max_norm is not None else float("inf"))
-            self._optimizer.step()
+            if apply:
+                for p in params:
+                    _sum_over_ranks(p.grad).div_(label_tokens)
+                torch.nn.utils.clip_grad_norm_(params, float(max_norm) if max_norm is not None else float("inf"))
+                self._optimizer.step()
             self._optimizer.zero_grad(set_to_none=True)
             self._lr_scheduler.step()
         return loss_sum / max(self._step_real_tokens, 1.0)

@@ -77,7 +77,8 @@ def setup_student(
     load: LoadFn = load_in_place,
 ) -> Tuple[nn.Module, Optional[LoRA]]:
     """The student, full-parameter or LoRA (adapters only trainable, drawn from ``seed``),
-    with the checkpoint's weights; ``on_meta`` builds the frozen base on the meta device
+    with the checkpoint's weights (DoRA magnitudes computed from them, as torchtune's LoRA
+    recipes do, so a DoRA student starts as the checkpoint's model); ``on_meta`` builds the frozen base on the meta device
     for a ``load`` that materialises it (FSDP2).
 
     Returns:
@@ -102,6 +103,10 @@ def setup_student(
         raise ValueError(
             f"student checkpoint does not fit the model config: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+    with torch.no_grad():  # DoRA: magnitudes of the loaded weights, so the student starts as the checkpoint
+        for m in model.modules():
+            if hasattr(m, "initialize_dora_magnitude"):
+                m.initialize_dora_magnitude()
     return model, lora
 
 

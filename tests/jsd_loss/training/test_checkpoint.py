@@ -1,4 +1,4 @@
-import pickle
+import os
 
 import pytest
 import torch
@@ -9,8 +9,11 @@ from jsd_loss.checkpointing import load_state_dict, read_config
 from jsd_loss.models.smollm2 import smollm2_from_hf, smollm2_tune_to_hf
 from jsd_loss.training import (
     RECIPE_STATE,
+    checked_keep_last_n,
     latest_checkpoint,
     merged_hf_state_dict,
+    prune_checkpoints,
+    read_recipe_state,
     refuse_earlier_run,
     setup_student,
     write_checkpoint,
@@ -43,30 +46,78 @@ def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
         latest_checkpoint(tmp_path / "step_11", seed=5)
 
 
-class _Payload:
+def test_pruning_keeps_the_newest_step_checkpoints_and_final(tmp_path):
+    names = ["step_1", "step_2", "step_9", "step_10", "final", "logs", "step_x", ".step_11.tmp-abc", ".final.old-q"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    (tmp_path / "step_3").write_text("a file, not a checkpoint")
+    removed = prune_checkpoints(tmp_path, keep=2)
+    # by step number, not by name (step_10 sorts before step_9 as text)
+    assert sorted(removed) == [".step_11.tmp-abc", "step_1", "step_2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".final.old-q", "final", "logs", "step_10", "step_3",
+                                                          "step_9", "step_x"]
+    assert prune_checkpoints(tmp_path, keep=None) == [] and prune_checkpoints(tmp_path, keep=1) == ["step_9"]
+    assert checked_keep_last_n(None) is None and checked_keep_last_n(3) == 3
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="keep_last_n_checkpoints must be a positive integer or null"):
+            checked_keep_last_n(bad)
+
+
+class Payload:
+    """Unpickling it runs ``os.system``: here, creating a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (print, ("unpickled",))
+        return (os.system, (f"touch {self.marker}",))
 
 
-def test_recipe_state_is_not_unpickled(tmp_path):
+def plant_payload(step_dir, marker):
+    step_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({training.SEED_KEY: 0, "global_step": 1, "x": Payload(marker)}, step_dir / RECIPE_STATE)
+
+
+def test_a_planted_pickle_is_refused_without_running(tmp_path):
+    plant_payload(tmp_path / "out" / "step_1", tmp_path / "marker")
+    # the payload is live: a plain unpickle would run it
+    live = tmp_path / "live"
+    torch.save(Payload(live), tmp_path / "live.pt")
+    torch.load(tmp_path / "live.pt", weights_only=False)
+    assert live.exists()
+
+    state = tmp_path / "out" / "step_1" / RECIPE_STATE
+    with pytest.raises(ValueError, match=rf"refusing to resume from {state}: it holds the global .*system"):
+        latest_checkpoint(tmp_path / "out", seed=0)
+    assert not (tmp_path / "marker").exists()
+
+
+def test_a_truncated_recipe_state_is_refused_naming_the_file(tmp_path):
     (tmp_path / "step_1").mkdir()
-    torch.save({training.SEED_KEY: 0, "x": _Payload()}, tmp_path / "step_1" / RECIPE_STATE)
-    with pytest.raises(pickle.UnpicklingError):
+    torch.save({training.SEED_KEY: 0, "global_step": 1, "w": torch.ones(100)}, tmp_path / "step_1" / RECIPE_STATE)
+    assert read_recipe_state(tmp_path / "step_1" / RECIPE_STATE)["global_step"] == 1
+    data = (tmp_path / "step_1" / RECIPE_STATE).read_bytes()
+    (tmp_path / "step_1" / RECIPE_STATE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"cannot resume from {tmp_path / 'step_1' / RECIPE_STATE}: not a readable"):
         latest_checkpoint(tmp_path, seed=0)
 
 
-def test_merged_lora_checkpoint_is_the_model_it_was_trained_as(tmp_path, tokenizer_json):
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_merged_lora_checkpoint_is_the_model_it_was_trained_as(tmp_path, tokenizer_json, use_dora):
     src = write_tiny_hf_dir(tmp_path / "src", seed=3, tokenizer_from=tokenizer_json.parent)
     cfg = read_config(src)
     base = smollm2_from_hf(str(src)).state_dict()
     lora_cfg = OmegaConf.create({"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
-                                 "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, **TINY})
+                                 "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, "use_dora": use_dora,
+                                 **TINY})
     model, lora = setup_student(lora_cfg, base, device=torch.device("cpu"), dtype=torch.float32, seed=0,
                                 activation_checkpointing=False)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_b" in name:
                 p.normal_(0, 0.1)  # a trained adapter (lora_b starts at zero)
+            if "magnitude" in name:
+                p.mul_(1 + 0.1 * torch.rand_like(p))  # and trained DoRA magnitudes
     tokens = torch.randint(0, TINY["vocab_size"], (1, 9))
     expected = model.eval()(tokens)
 

@@ -79,3 +79,23 @@ def test_drawing_adapters_leaves_the_callers_random_stream_alone():
     torch.manual_seed(123)
     init_adapters(model, seed=7, device=CPU, dtype=torch.float32)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("on_meta", [False, True])
+def test_a_dora_student_starts_as_its_checkpoint(tmp_path, on_meta):
+    """Step-0 logits of a DoRA student equal transformers' for the checkpoint it was loaded from."""
+    from transformers import LlamaForCausalLM
+
+    from jsd_loss.models.smollm2 import smollm2_from_hf
+    from tests.conftest import write_tiny_hf_dir
+
+    src = write_tiny_hf_dir(tmp_path / "src", seed=3)
+    reference = LlamaForCausalLM.from_pretrained(str(src)).eval()
+    dora = OmegaConf.merge(LORA, {"use_dora": True, "lora_attn_modules": ["q_proj", "v_proj", "output_proj"]})
+    model, lora = setup_student(dora, smollm2_from_hf(str(src)).state_dict(), device=CPU, dtype=torch.float32,
+                                seed=0, activation_checkpointing=False, on_meta=on_meta,
+                                **({"load": _meta_then_load} if on_meta else {}))
+    assert lora is not None and any(k.endswith("magnitude") for k in lora.params)
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(tokens), reference(tokens).logits, rtol=1e-4, atol=1e-5)

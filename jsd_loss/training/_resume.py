@@ -1,0 +1,80 @@
+"""What a resumed run must share with the checkpoint it resumes: the settings that fix the
+data order, the learning-rate schedule and the model (refused, naming the key, when changed),
+and the random number generators of every rank (CPU and, where present, CUDA)."""
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+RUN_KEY = "run"  # key of the recipe state
+RNG_KEY = "rng_states"  # one per rank
+
+# why a change of each key cannot be resumed
+_WHY = {
+    "world_size": "each rank's share of the data",
+    "batch_size": "the data order and the steps per epoch",
+    "gradient_accumulation_steps": "the data order and the steps per epoch",
+    "max_steps_per_epoch": "the steps per epoch, so the learning-rate schedule",
+    "epochs": "the learning-rate schedule",
+    "shuffle": "the data order",
+    "dataset": "the rows and their order",
+    "tokenizer.max_seq_len": "the tokenized rows",
+    "model_shape": "the model the checkpoint holds",
+}
+
+
+def run_identity(cfg: DictConfig, world_size: int, model_shape: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings of this run that a resume must keep (plain values: the recipe state is
+    read with ``weights_only=True``)."""
+    return {
+        "world_size": world_size,
+        "batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "max_steps_per_epoch": cfg.max_steps_per_epoch,
+        "epochs": cfg.epochs,
+        "shuffle": cfg.shuffle,
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "tokenizer.max_seq_len": OmegaConf.select(cfg, "tokenizer.max_seq_len", default=None),
+        "model_shape": dict(model_shape),
+    }
+
+
+def check_resume(saved: Dict[str, Any], current: Dict[str, Any], path: Path) -> None:
+    """
+    Refuse to resume a checkpoint (recipe state ``saved``, read from ``path``) with settings
+    that differ from those it was trained with.
+
+    A checkpoint written before these settings were saved holds only ``world_size``, which is
+    checked alone.
+
+    Raises:
+        ValueError: naming each changed key, with both values and what it changes.
+    """
+    recorded = saved.get(RUN_KEY) or {"world_size": saved["world_size"]}
+    changed = [k for k in current if k in recorded and recorded[k] != current[k]]
+    if changed:
+        lines = "; ".join(f"{k} was {recorded[k]!r}, is {current[k]!r} ({_WHY.get(k, 'the run')})" for k in changed)
+        raise ValueError(
+            f"cannot resume from {path}: this config changes what the checkpoint was trained with: {lines}. "
+            "Resume with its values, or start a new run (overwrite_output=True or another output_dir)"
+        )
+
+
+def rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
+    """This process's generator states: CPU, and the device's on CUDA."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(saved: Dict[str, Any], rank: int, device: torch.device) -> None:
+    """Restore ``rank``'s generators from a recipe state (one with only ``rng_state``, rank 0's
+    CPU generator, written before per-rank states were saved, restores that on every rank)."""
+    states: Optional[List[Dict[str, torch.Tensor]]] = saved.get(RNG_KEY)
+    state = states[rank] if states is not None else {"cpu": saved["rng_state"]}
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
