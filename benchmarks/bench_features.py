@@ -16,14 +16,13 @@ that never gets there reports None. Step-time overhead: the median tokens/s of t
 """
 
 import argparse
+import itertools
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from _common import REPO, add_json_args, emit_json
+from _common import REPO, add_json_args, emit_json, run_distillation, tokens_per_step
 from bench_recipe import heldout_nll
 
 CONFIGS = {"logits": "135M_to_90M_jsd_quick.yaml", "features": "135M_to_90M_jsd_features_quick.yaml"}
@@ -47,24 +46,6 @@ def _config(variant: str, student_dir: Path, seed: int, args, out: Path) -> Path
     return path
 
 
-def tokens_seen(config: Path, steps: int) -> dict:
-    """Cumulative label and real (non-padding) tokens after each step, from the run's data loader."""
-    from omegaconf import OmegaConf
-    from torchtune import config as tune_config
-
-    from jsd_loss.training import build_dataloader
-
-    cfg = OmegaConf.load(config)
-    loader = build_dataloader(cfg.dataset, tune_config.instantiate(cfg.tokenizer), batch_size=cfg.batch_size,
-                              shuffle=cfg.shuffle, seed=cfg.seed, ignore_index=-100)
-    label, real, batches = [0], [0], iter(loader)
-    for _ in range(steps):
-        group = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-        label.append(label[-1] + sum(int((b["labels"][..., 1:] != -100).sum()) for b in group))
-        real.append(real[-1] + sum(int((b["row_ids"] != -1).sum()) for b in group))
-    return {"label": label, "real": real}
-
-
 def tokens_to_reach(tokens: list, nll: list, target: float):
     """Tokens at which the piecewise-linear curve (tokens, nll) first reaches ``target``; None if never."""
     for (t0, n0), (t1, n1) in zip(zip(tokens, nll), zip(tokens[1:], nll[1:])):
@@ -81,11 +62,7 @@ def run(kind: str, student_dir: Path, seed: int, variant: str, args) -> dict:
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = _config(variant, student_dir, seed, args, out)
-    proc = subprocess.run([sys.executable, "-m", "torchtune._cli.tune", "run",
-                           "jsd_loss/recipes/jsd_distill_single_device.py", "--config", str(config)],
-                          cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{out.name} failed:\n{proc.stderr[-4000:]}")
+    run_distillation(config, out.name)
     steps = list(range(args.every, args.steps, args.every)) + [args.steps]
     nll = []
     for step in steps:
@@ -93,10 +70,14 @@ def run(kind: str, student_dir: Path, seed: int, variant: str, args) -> dict:
         nll.append(heldout_nll(ckpt, args.heldout_rows, args.max_seq_len))
         if ckpt.name != "final":
             shutil.rmtree(ckpt)
-    records = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
-    seen = tokens_seen(config, args.steps)
-    return {"steps": steps, "heldout_nll": nll, "label_tokens": [seen["label"][s] for s in steps],
-            "real_tokens": [seen["real"][s] for s in steps], "final_dir": str(out / "final"),
+    from jsd_loss.training import read_metrics
+
+    records = read_metrics(out / "logs")
+    per_step = tokens_per_step(config, args.steps)
+    label_seen = [0, *itertools.accumulate(label for label, _ in per_step)]
+    real_seen = [0, *itertools.accumulate(real for _, real in per_step)]
+    return {"steps": steps, "heldout_nll": nll, "label_tokens": [label_seen[s] for s in steps],
+            "real_tokens": [real_seen[s] for s in steps], "final_dir": str(out / "final"),
             "tokens_per_second": statistics.median(r["tokens_per_second"] for r in records[1:]),
             "final_feature_loss": records[-1].get("feature_loss")}
 

@@ -31,15 +31,12 @@ projection). Attention's own FLOPs are not counted, so the utilisation is a slig
 """
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, add_json_args, add_model_dir_args, check_model_dirs, emit_json
+from _common import REPO, add_json_args, add_run_args, check_model_dirs, emit_json, run_distillation, tokens_per_step
 from bench_recipe import BASE, heldout_nll
 
 VARIANTS = ["fp32_baseline", "fp32", "bf16", "bf16_sr_adamw", "mixed", "mixed_bf16_teacher", "mixed_bf16_teacher_fused"]
@@ -115,42 +112,17 @@ def model_params(config: Path) -> dict:
             for who, key in (("student", "model"), ("teacher", "teacher_model"))}
 
 
-def real_to_label_tokens(config: Path, steps: int) -> list:
-    """Per step, real (non-padding) tokens over the label tokens the recipe counts, from the
-    data loader of ``config`` (unshuffled: the batches the run drew, in order)."""
-    from omegaconf import OmegaConf
-    from torchtune import config as tune_config
-
-    from jsd_loss.training import build_dataloader
-
-    cfg = OmegaConf.load(config)
-    loader = build_dataloader(cfg.dataset, tune_config.instantiate(cfg.tokenizer), batch_size=cfg.batch_size,
-                              shuffle=cfg.shuffle, seed=cfg.seed, ignore_index=-100)
-    per_step, batches = [], iter(loader)
-    for _ in range(steps):
-        group = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-        real = sum(int((b["row_ids"] != -1).sum()) for b in group)
-        labels = sum(int((b["labels"][..., 1:] != -100).sum()) for b in group)
-        per_step.append(real / labels)
-    return per_step
-
-
-def _metrics(out: Path) -> list:
-    return [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--max-seq-len", type=int, default=256)
-    add_model_dir_args(p)
+    add_run_args(p, steps=12)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--learning", action="store_true", help="score each final student's held-out Dolly NLL")
     p.add_argument("--heldout-rows", type=int, default=60, help="eval rows scored with --learning")
     add_json_args(p)
     args = p.parse_args()
     check_model_dirs(args)
+
+    from jsd_loss.training import read_metrics
 
     peaks = matmul_peaks()
     rows, params, ratios = {}, None, None
@@ -159,13 +131,10 @@ def main() -> None:
             out = Path(tmp) / variant
             config = _config(variant, args, out)
             if params is None:
-                params, ratios = model_params(config), real_to_label_tokens(config, args.steps)
-            proc = subprocess.run([sys.executable, "-m", "torchtune._cli.tune", "run",
-                                   "jsd_loss/recipes/jsd_distill_single_device.py", "--config", str(config)],
-                                  cwd=REPO, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{variant} failed:\n{proc.stderr[-4000:]}")
-            records = _metrics(out)
+                params = model_params(config)
+                ratios = [real / label for label, real in tokens_per_step(config, args.steps)]
+            run_distillation(config, variant)
+            records = read_metrics(out / "logs")
             label_tps = [r["tokens_per_second"] for r in records]
             real_tps = [t * ratio for t, ratio in zip(label_tps, ratios)]
             useful = (6 * params["student"] + 2 * params["teacher"]) * statistics.median(real_tps[1:] or real_tps)

@@ -38,7 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import REPO, add_json_args, add_model_dir_args, check_model_dirs, emit_json
+from _common import REPO, add_json_args, add_run_args, check_model_dirs, emit_json
 
 BASE = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_quick.yaml"
 FEATURES = REPO / "configs" / "smollm2" / "135M_to_90M_jsd_features_quick.yaml"
@@ -143,10 +143,7 @@ def run_worker(variant: str, config: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--max-seq-len", type=int, default=256)
-    add_model_dir_args(p)
+    add_run_args(p, steps=8)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--k", type=int, default=128, help="top-k of the cached variants")
     p.add_argument("--heldout-nll", type=int, default=0, metavar="N", help="score each final student on N eval rows")
