@@ -130,7 +130,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._dtype = self._precision.dtype
         self._feature_config = feature_config(cfg)  # None: off
         if self._device.type == "cpu" and cfg.get("keep_freed_cpu_memory", False):
-            keep_freed_cpu_memory()  # no page faults on each step's large tensors
+            keep_freed_cpu_memory()  # fewer page faults on each step's large tensors
 
         # checkpoints go where the checkpointer says (its output_dir), as in the stock recipe
         self._output_dir = Path(cfg.checkpointer.get("output_dir", cfg.output_dir))

@@ -21,9 +21,12 @@ def keep_freed_cpu_memory() -> bool:
     a fresh ``mmap`` and returns it with ``munmap`` when freed. A training step allocates
     tensors of that size every time (a 49152 x 576 fp32 gradient is 113 MB, a batch's logits
     46 MB or more), so each step page-faults them in again, the kernel zeroing every page:
-    measured on this 2-core CPU, the quick config ran 15-20% faster with this set. With
+    measured on this 2-core CPU, the quick config ran 10-20% faster with this set. With
     ``M_MMAP_MAX = 0`` every allocation comes from malloc's heap, and a huge trim threshold
-    keeps what is freed there; the process's RSS then stays at its high-water mark.
+    keeps what is freed there; the process's RSS then stays at its high-water mark. Reuse is
+    not guaranteed: a same-size request misses a freed block that is not at the heap's top
+    when ``posix_memalign``'s alignment slack makes it a few bytes too small (about half the
+    time in a probe), and the heap grows instead (peak RSS +1 GiB over 60 quick steps).
 
     Returns:
         bool: True when set; False (nothing changed) where the C library is not glibc.
