@@ -59,6 +59,12 @@ def render_report(results: Dict[str, Any], baseline: str) -> str:
             rel = summary[n].get(f"relative_to_{baseline}", {}).get(key)
             cells.append(f"{rel:+.1%}" if rel is not None else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    shares = [("ROUGE-L, share of the teacher's", "rougeL_share", "{:.1%}"),
+              ("token F1, share of the teacher's", "f1_share", "{:.1%}"),
+              ("reference NLL minus the teacher's (nats)", "nll_gap", "{:+.3f}")]
+    for label, key, fmt in shares:
+        cells = [fmt.format(summary[n]["vs_teacher"][key]) if "vs_teacher" in summary[n] else "–" for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |" + " – |" * len(others))
     labels = dict((key, label) for label, key in rows)
     for n in others:
         paired = summary[n].get(f"paired_vs_{baseline}")

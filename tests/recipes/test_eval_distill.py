@@ -41,6 +41,7 @@ def _config(root, teacher, students, data, out, **overrides):
         {"name": "self", "checkpoint_dir": str(teacher)},
         {"name": "self_int8", "checkpoint_dir": str(teacher), "quantize": "int8_weight_only"},
     ]
+    cfg.references = [{"name": "untuned", "checkpoint_dir": str(students[2])}]
     cfg.dataset.source = str(data)
     cfg.dataset.split = None
     cfg.dataset.max_rows = None
@@ -101,13 +102,24 @@ def test_report_numbers_come_from_results_json(tmp_path, setup_dirs):
     assert int8["teacher_top1_agreement"] > 0.5
     assert abs(int8["nll_per_token"] - by_name["self"][0]["nll_per_token"]) < 0.05 * by_name["self"][0]["nll_per_token"]
 
+    # a reference model is scored like the teacher, without training curves or paired comparisons
+    untuned = by_name["untuned"][0]
+    assert untuned["role"] == "reference" and "training" not in untuned
+    assert untuned["outputs"] == by_name["kl"][0]["outputs"]  # the same weights as the kl student
+    assert "paired_vs_kl" not in summary["untuned"]
+    gap = np.mean([m["nll_per_token"] for m in jsd]) - by_name["teacher"][0]["nll_per_token"]
+    assert summary["jsd"]["vs_teacher"]["nll_gap"] == pytest.approx(gap)
+
     # and every number in the report's main table is one of those
     report = (out / "report.md").read_text()
     row = next(l for l in report.splitlines() if l.startswith("| ROUGE-L |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == f"{summary['teacher']['rougeL']['mean']:.4g}"
-    assert cells[2] == f"{summary['jsd']['rougeL']['mean']:.4g} ± {summary['jsd']['rougeL']['std']:.2g}"
-    assert cells[3] == f"{summary['kl']['rougeL']['mean']:.4g}"
+    assert cells[2] == f"{summary['untuned']['rougeL']['mean']:.4g}"
+    assert cells[3] == f"{summary['jsd']['rougeL']['mean']:.4g} ± {summary['jsd']['rougeL']['std']:.2g}"
+    assert cells[4] == f"{summary['kl']['rougeL']['mean']:.4g}"
+    gap_row = next(l for l in report.splitlines() if l.startswith("| reference NLL minus the teacher's (nats) |"))
+    assert [c.strip() for c in gap_row.strip("|").split("|")][3] == f"{gap:+.3f}"
     loss_row = next(l for l in report.splitlines() if l.startswith("| final total loss |"))
     assert f"{summary['jsd']['relative_to_kl']['loss.final']:+.1%}" in loss_row
     section = report.split("## jsd vs kl, paired by prompt")[1].split("##")[0]
@@ -130,6 +142,8 @@ def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
         ({"dataset.respones_field": "answer"}, "dataset: unknown keys ['respones_field']"),
         ({"student_list": [{"name": "x", "checkpoint_dir": str(students[0]), "quantize": "int4"}]},
          "'x': unknown quantize 'int4'"),
+        ({"references": [{"name": "jsd", "checkpoint_dir": str(teacher)}]}, "model names ['jsd'] are used twice"),
+        ({"references": [{"name": "r", "checkpoint_dir": str(other)}]}, "reference 'r'"),
     ]
     for i, (overrides, message) in enumerate(cases):
         out = tmp_path / f"out{i}"

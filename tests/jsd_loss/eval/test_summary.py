@@ -31,3 +31,17 @@ def test_per_prompt_averages_seeds(entries):
     jsd = [e for e in entries if e["name"] == "jsd"]
     assert per_prompt(entries, "jsd", "rougeL") == pytest.approx(
         [(a + b) / 2 for a, b in zip(jsd[0]["per_example"]["rougeL"], jsd[1]["per_example"]["rougeL"])])
+
+
+def test_reference_models_and_shares_of_the_teacher(entries):
+    reference = dict(next(e for e in entries if e["name"] == "kl"), name="untuned", role="reference")
+    summary = summarise(entries[:1] + [reference] + entries[1:], baseline="kl", seed=0)
+    assert list(summary) == ["teacher", "untuned", "jsd", "kl"]
+    assert "paired_vs_kl" not in summary["untuned"] and "relative_to_kl" not in summary["untuned"]
+    jsd = [e for e in entries if e["name"] == "jsd"]
+    # the teacher's outputs are the references (ROUGE-L and F1 1.0) and its NLL 5.0 / 8 tokens, by hand
+    assert summary["teacher"]["rougeL"]["mean"] == pytest.approx(1.0)
+    assert summary["jsd"]["vs_teacher"]["rougeL_share"] == pytest.approx(np.mean([e["rougeL"] for e in jsd]))
+    assert summary["jsd"]["vs_teacher"]["nll_gap"] == pytest.approx(np.mean([e["nll_per_token"] for e in jsd]) - 5 / 8)
+    assert summary["untuned"]["vs_teacher"]["f1_share"] == pytest.approx(reference["f1"])
+    assert "vs_teacher" not in summary["teacher"]

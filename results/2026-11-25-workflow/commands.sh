@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The workflow study (issue #13), run from the repository root on the 2-core CPU:
+#   bash results/2026-11-25-workflow/commands.sh train   # teacher LoRA, pruned student, caches, 6 runs
+#   bash results/2026-11-25-workflow/commands.sh eval    # 229 held-out prompts, report
+# Every step is idempotent: a finished step is skipped, a killed distillation resumes from its
+# last checkpoint (save_every_n_steps), a killed cache build from its last shard.
+set -euo pipefail
+OUT=${STUDY_OUT:-outputs/study}
+TUNE=.venv/bin/tune
+PY=.venv/bin/python
+SEEDS=${SEEDS:-"42 43 44"}
+LOSSES=${LOSSES:-"jsd kl"}
+STEPS=${STEPS:-300}
+TEACHER=$OUT/teacher
+STUDENT=$OUT/student
+
+train() {
+  # 1. LoRA fine-tune of SmolLM2-135M-Instruct on the Dolly train split (merged on save)
+  if [ ! -f "$OUT/teacher_lora/epoch_0/model-00001-of-00001.safetensors" ]; then
+    $TUNE run lora_finetune_single_device --config configs/smollm2/135M_lora_single_device.yaml \
+      output_dir=$OUT/teacher_lora max_steps_per_epoch=150 batch_size=4 gradient_accumulation_steps=2 \
+      tokenizer.max_seq_len=256
+  fi
+  $PY -m jsd_loss.prepare tuned-teacher --lora-dir $OUT/teacher_lora/epoch_0 \
+    --base-dir models/smollm2-135m-instruct --output-dir "$TEACHER"
+  # 2. the default ~90M student, pruned from the tuned teacher
+  $PY -m jsd_loss.prepare student --teacher-dir "$TEACHER" --output-dir "$STUDENT"
+  for seed in $SEEDS; do
+    common=(teacher_dir=$TEACHER student_dir=$STUDENT
+            seed=$seed max_steps_per_epoch=$STEPS batch_size=4 dataset.packed=True
+            lr_scheduler.num_warmup_steps=15 save_every_n_steps=50 teacher_cache=$OUT/cache_seed$seed)
+    # 3. the teacher's top-128 distributions at every response token this seed's runs draw
+    $TUNE run jsd_loss/recipes/cache_teacher.py --config configs/smollm2/135M_to_90M_jsd_quick.yaml \
+      "${common[@]}" cache.rows=run dtype=bf16
+    # 4. JSD (beta 0.5) and forward KL, identical otherwise
+    for loss in $LOSSES; do
+      run=$OUT/${loss}_seed$seed
+      if [ -d "$run/final" ]; then echo "$run/final exists"; continue; fi
+      resume=False
+      if ls -d "$run"/step_* >/dev/null 2>&1; then resume=True; fi
+      $TUNE run jsd_loss/recipes/jsd_distill_single_device.py \
+        --config configs/smollm2/135M_to_90M_${loss}_quick.yaml "${common[@]}" \
+        output_dir=$run resume_from_checkpoint=$resume overwrite_output=True
+    done
+  done
+}
+
+eval_study() {
+  $TUNE run jsd_loss/recipes/eval_distill.py --config results/2026-11-25-workflow/eval.yaml \
+    output_dir=$OUT/eval
+}
+
+case "${1:-}" in
+  train) train ;;
+  eval) eval_study ;;
+  *) echo "usage: $0 train|eval" >&2; exit 2 ;;
+esac
