@@ -92,11 +92,12 @@ def _load_stats(path: Path):
     return ActivationStats(**tensors, num_samples=int(counts["num_samples"]), num_tokens=int(counts["num_tokens"]))
 
 
-def _heal(student_dir: Path, out: Path, seed: int, steps: int) -> float:
-    """Quick JSD distillation from ``student_dir``; returns nothing (read the output dir)."""
+def _heal(student_dir: Path, teacher_dir: Path, out: Path, seed: int, steps: int) -> None:
+    """Quick JSD distillation of ``student_dir`` from ``teacher_dir`` (read the output dir)."""
     env = dict(os.environ)
     cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "jsd_loss/recipes/jsd_distill_single_device.py",
            "--config", "configs/smollm2/135M_to_90M_jsd_quick.yaml", f"student_dir={student_dir}",
+           f"teacher_dir={teacher_dir}",
            f"output_dir={out}", f"seed={seed}", f"max_steps_per_epoch={steps}", "save_every_n_steps=null",
            "overwrite_output=True", "model._component_=jsd_loss.models.smollm2.smollm2_from_hf_config",
            f"model.path={student_dir}"]
@@ -184,7 +185,7 @@ def main() -> None:
                 row["healed_heldout_nll"] = {}
                 for seed in [int(s) for s in args.seeds.split(",")]:
                     out = work / f"{key}-heal-seed{seed}"
-                    _heal(student_dir, out, seed, args.heal_steps)
+                    _heal(student_dir, teacher_dir, out, seed, args.heal_steps)
                     row["healed_heldout_nll"][seed] = _nll(smollm2_from_hf(str(out / "final")), eval_samples)
                     print(json.dumps({key: row["healed_heldout_nll"]}), file=sys.stderr, flush=True)
     default_key = f"{DEFAULT_METHOD}@{sizes[0] / 1e6:.1f}M"
