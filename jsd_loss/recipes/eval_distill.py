@@ -63,11 +63,11 @@ class EvalDistillRecipe:
     def setup(self) -> None:
         """Every input is checked here, before any model is loaded or text generated."""
         cfg = self._cfg
+        if not cfg.students:
+            raise ValueError("no students to evaluate: `students` is empty")
         self._teacher = {"name": cfg.teacher.get("name", "teacher"), "checkpoint_dir": cfg.teacher.checkpoint_dir,
                          "quantize": _quantize_key(cfg.teacher)}
         teacher_vocab = read_config(Path(self._teacher["checkpoint_dir"]))["vocab_size"]
-        if not cfg.students:
-            raise ValueError("no students to evaluate: `students` is empty")
         self._references = [_model_entry(r, "reference", teacher_vocab) for r in cfg.get("references") or []]
         self._runs = [_model_entry(s, "student", teacher_vocab) for s in cfg.students]
         names = list(dict.fromkeys(r["name"] for r in self._runs))
