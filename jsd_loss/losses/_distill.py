@@ -5,7 +5,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from jsd_loss.losses._divergence import Divergence, student_divergence_of_logits
+from jsd_loss.losses._divergence import Divergence, as_divergence, student_divergence_of_logits
 from jsd_loss.losses._divergences import (
     AdaptiveKLDivergence,
     AlphaBetaDivergence,
@@ -42,10 +42,8 @@ class DistillLoss(nn.Module):
 
     def __init__(self, divergence: Divergence, temperature: float = 1.0, ignore_index: int = -100):
         super().__init__()
-        if not isinstance(divergence, Divergence):
-            raise TypeError(f"divergence must be a jsd_loss.Divergence, got {type(divergence).__name__}")
         _check_temperature(temperature)  # fail at construction, not at the first training step
-        self.divergence = divergence
+        self.divergence = as_divergence(divergence)
         self.temperature = temperature
         self.ignore_index = ignore_index
 

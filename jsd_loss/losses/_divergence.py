@@ -23,7 +23,7 @@ form where it overrides it, autograd inside the chunk otherwise), and
 
 import abc
 import functools
-from typing import Tuple, Union
+from typing import Any, Mapping, Tuple, Union
 
 import torch
 from torch import nn
@@ -77,6 +77,23 @@ class Divergence(nn.Module, metaclass=abc.ABCMeta):
         (N, V), from dense teacher logits (N, V) or a top-k teacher (N, k) whose ids are
         already checked. Subclasses may override it with a faster fused form."""
         return _logits_value_and_grad(self, student_logits, teacher, temperature)
+
+
+def as_divergence(divergence: Any) -> Divergence:
+    """``divergence`` itself, or the divergence a config node ``{_component_: ..., ...}``
+    describes: torchtune's ``config.instantiate`` does not build nested components, so a
+    loss built from YAML receives its ``divergence`` as a plain mapping and builds it here."""
+    if isinstance(divergence, Mapping) and "_component_" in divergence:
+        from omegaconf import OmegaConf
+        from torchtune import config
+
+        divergence = config.instantiate(OmegaConf.create(dict(divergence)))
+    if not isinstance(divergence, Divergence):
+        raise TypeError(
+            f"divergence must be a jsd_loss.Divergence or a config node with a _component_ "
+            f"that builds one, got {type(divergence).__name__}"
+        )
+    return divergence
 
 
 @_autocast_off

@@ -17,7 +17,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from jsd_loss.losses._autocast import _autocast_dtype
-from jsd_loss.losses._divergence import Divergence
+from jsd_loss.losses._divergence import Divergence, as_divergence
 from jsd_loss.losses._divergences import JSDivergence, KLDivergence
 from jsd_loss.losses._functional import _check_temperature
 from jsd_loss.losses._fused_linear_function import _FusedLinearDistillFunction
@@ -56,12 +56,10 @@ class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
         return_ce: bool = False,
     ):
         super().__init__()
-        if not isinstance(divergence, Divergence):
-            raise TypeError(f"divergence must be a jsd_loss.Divergence, got {type(divergence).__name__}")
         _check_temperature(temperature)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.divergence = divergence
+        self.divergence = as_divergence(divergence)
         self.temperature = temperature
         self.ignore_index = ignore_index
         self.chunk_size = chunk_size
