@@ -27,10 +27,11 @@ with ``psi(x) = (1 - exp(-x)) / x``.
 
 Zero probabilities: log-probabilities are floored at ``_LOG_FLOOR`` (probability
 ``exp(-1e4)``, zero in every float format), and the largest exponent is capped at
-``_EXP_MAX``: with a negative ``alpha``, ``beta`` or ``alpha + beta`` a zero probability makes
-the divergence infinite, and it comes out huge but finite, like the KL whose support is
-violated. With ``alpha, beta > 0`` nothing is capped and banned tokens add what the formula
-with ``0^s = 0`` gives.
+``_EXP_MAX``. Where the divergence is infinite (a zero probability under a log, on the
+``alpha = 0`` / ``beta = 0`` lines, or under a negative power) it comes out large but finite,
+like the KL whose support is violated. With ``alpha, beta > 0`` nothing is capped, and a
+banned token adds what the formula with ``0^s = 0`` gives, up to ``exp(-1e4 s)`` for the
+smallest exponent ``s`` (nothing, in float32, for ``s >= 0.01``).
 """
 
 from typing import Tuple

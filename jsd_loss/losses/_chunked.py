@@ -25,7 +25,8 @@ class DistillWithChunkedOutputLoss(nn.Module):
     same way. Each chunk's backward reuses the closed-form gradient its forward computed.
 
     Args:
-        divergence (Divergence): the divergence, e.g. :class:`~jsd_loss.SkewKLDivergence`.
+        divergence (Divergence): the divergence, e.g. :class:`~jsd_loss.SkewKLDivergence`, or a
+            config node ``{_component_: ..., ...}`` that builds one.
         num_output_chunks (int): number of chunks the model's output is split into.
             Default: 8.
         temperature (float): softmax temperature. Default: 1.0.

@@ -35,8 +35,10 @@ class DistillLoss(nn.Module):
           temperature: 1.0
 
     Args:
-        divergence (Divergence): the divergence, e.g. :class:`~jsd_loss.JSDivergence`.
-        temperature (float): softmax temperature for both distributions. Default: 1.0.
+        divergence (Divergence): the divergence, e.g. :class:`~jsd_loss.JSDivergence`, or a
+            config node ``{_component_: ..., ...}`` that builds one.
+        temperature (float): softmax temperature for both distributions (the student's only
+            against a top-k teacher, which comes already tempered). Default: 1.0.
         ignore_index (int): label value of tokens that do not contribute. Default: -100.
     """
 

@@ -39,7 +39,8 @@ class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
           return_ce: true
 
     Args:
-        divergence (Divergence): the divergence, e.g. :class:`~jsd_loss.AlphaBetaDivergence`.
+        divergence (Divergence): the divergence, e.g. :class:`~jsd_loss.AlphaBetaDivergence`, or a
+            config node ``{_component_: ..., ...}`` that builds one.
         temperature (float): softmax temperature. Default: 1.0.
         ignore_index (int): label value of tokens that do not contribute. Default: -100.
         chunk_size (int): tokens per chunk. Default: 256.

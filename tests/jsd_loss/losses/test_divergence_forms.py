@@ -166,3 +166,16 @@ def test_a_config_builds_the_divergence_component(component):
     assert (loss.divergence.alpha, loss.divergence.beta) == (0.3, 0.6)
     with pytest.raises(TypeError, match="Divergence"):
         config.instantiate(OmegaConf.create({"_component_": f"jsd_loss.{component}", "divergence": {"beta": 0.5}}))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_autocast_leaves_the_divergence_math_in_float32(case):
+    make = CASES[case][0]
+    h, w, th, tw = _fused_case(b=2, t=6, d=8, dt=8, v=40, seed=7, dtype=torch.float32)
+    labels = _labels(2, 6, 40, seed=7)
+    s, t = (h @ w.t()).bfloat16().float(), (th @ tw.t()).bfloat16().float()
+    plain = _run(lambda a, b: DistillLoss(make())(a, t, labels), s, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = _run(lambda a, b: DistillLoss(make())(a, t, labels), s, w)
+    torch.testing.assert_close(under[0], plain[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(under[1], plain[1], rtol=1e-5, atol=1e-9)
