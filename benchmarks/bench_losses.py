@@ -9,6 +9,9 @@ teacher) and includes the output projection, since that is where the forms diffe
   chunked the way ``TransformerDecoder.chunked_output`` chunks them.
 * ``chunked_jsd``: :class:`JSDistillWithChunkedOutputLoss` on the same chunks.
 * ``fused_linear_jsd``: :class:`FusedLinearJSDistillLoss` on hidden states and weights.
+* with ``--divergences alpha_beta skew_kl ...``, also ``chunked_<name>`` and
+  ``fused_linear_<name>``: :class:`DistillWithChunkedOutputLoss` and
+  :class:`FusedLinearDivergenceLoss` with that divergence (see ``DIVERGENCES``).
 
 Each method runs in its own subprocess so that CPU peak memory (``ru_maxrss`` minus the
 resident size before the first call) is not polluted by the others; on CUDA the peak is
@@ -35,16 +38,32 @@ import torch
 from _common import add_json_args, emit_json
 
 METHODS = ["naive_jsd", "torchtune_fkl_chunked", "chunked_jsd", "fused_linear_jsd"]
+# the divergences --divergences can add, as (class name in jsd_loss, arguments)
+DIVERGENCES = {
+    "alpha_beta": ("AlphaBetaDivergence", dict(alpha=0.5, beta=0.5)),
+    "adaptive_kl": ("AdaptiveKLDivergence", dict(mu=0.5)),
+    "total_variation": ("TotalVariationDivergence", {}),
+    "skew_kl": ("SkewKLDivergence", dict(alpha=0.1)),
+}
 
 
 def _make_step(method, h, w, th, tw, labels, num_chunks, chunk_size):
     from torchtune.modules.loss import ForwardKLWithChunkedOutputLoss
 
+    import jsd_loss
     from jsd_loss import (
+        DistillWithChunkedOutputLoss,
+        FusedLinearDivergenceLoss,
         FusedLinearJSDistillLoss,
         JSDistillWithChunkedOutputLoss,
         generalized_jsd,
     )
+
+    form = name = None
+    for key in DIVERGENCES:  # "<form>_<divergence>", both with "_" in them: match the known suffix
+        if method.endswith("_" + key):
+            form, name = method[: -len(key) - 1], key
+    divergence = getattr(jsd_loss, DIVERGENCES[name][0])(**DIVERGENCES[name][1]) if name else None
 
     def chunked_logits(hidden, weight):
         return [c @ weight.t() for c in hidden.chunk(num_chunks, dim=1)]
@@ -55,20 +74,22 @@ def _make_step(method, h, w, th, tw, labels, num_chunks, chunk_size):
                 t_logits = th @ tw.t()
             return generalized_jsd(h @ w.t(), t_logits).mean()
 
-    elif method in ("torchtune_fkl_chunked", "chunked_jsd"):
-        loss_fn = (
-            ForwardKLWithChunkedOutputLoss(num_chunks)
-            if method == "torchtune_fkl_chunked"
-            else JSDistillWithChunkedOutputLoss(num_chunks)
-        )
+    elif method in ("torchtune_fkl_chunked", "chunked_jsd") or form == "chunked":
+        if method == "torchtune_fkl_chunked":
+            loss_fn = ForwardKLWithChunkedOutputLoss(num_chunks)
+        elif divergence is not None:
+            loss_fn = DistillWithChunkedOutputLoss(divergence, num_chunks)
+        else:
+            loss_fn = JSDistillWithChunkedOutputLoss(num_chunks)
 
         def step():
             with torch.no_grad():
                 t_chunks = chunked_logits(th, tw)
             return loss_fn(chunked_logits(h, w), t_chunks, labels)
 
-    elif method == "fused_linear_jsd":
-        loss_fn = FusedLinearJSDistillLoss(chunk_size=chunk_size)
+    elif method == "fused_linear_jsd" or form == "fused_linear":
+        loss_fn = (FusedLinearDivergenceLoss(divergence, chunk_size=chunk_size) if divergence is not None
+                   else FusedLinearJSDistillLoss(chunk_size=chunk_size))
 
         def step():
             return loss_fn(h, w, th, tw, labels)
@@ -126,6 +147,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default=None, help="default: every device present (cpu, cuda)")
+    p.add_argument("--divergences", nargs="*", default=[], choices=sorted(DIVERGENCES),
+                   help="also measure these divergences in the chunked and fused-linear forms")
     add_json_args(p)
     p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -143,7 +166,8 @@ def main() -> None:
     }
     for device in devices:
         rows = {}
-        for method in METHODS:
+        extra = [f"{form}_{name}" for name in args.divergences for form in ("chunked", "fused_linear")]
+        for method in METHODS + extra:
             cmd = [sys.executable, __file__, "--method", method, "--device", device]
             for k in ("tokens", "vocab", "hidden", "num_chunks", "chunk_size", "repeats", "dtype"):
                 cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]

@@ -84,3 +84,80 @@ def topk_jsd64(student_logits, teacher, beta, temperature=1.0):
     q_buckets = bucket_probs64(softmax64(student_logits, temperature), ids)
     p_buckets = torch.cat([log_probs, tail_log_mass.unsqueeze(-1)], -1).double().exp()
     return jsd_probs64(q_buckets, p_buckets, beta) * temperature**2
+
+
+# --- the divergences beyond the JSD family, from their definitions (probability vectors, last dim)
+
+
+def alpha_beta_probs64(q, p, alpha, beta):
+    """D_AB(p || q) of Cichocki, Cruces and Amari (2011), eq. (4) and its stated special cases."""
+    q, p = q.double(), p.double()
+    if alpha == 0 and beta == 0:
+        return 0.5 * ((torch.log(p) - torch.log(q)) ** 2).sum(-1)
+    if beta == 0:
+        pa, qa = p**alpha, q**alpha
+        return ((pa * torch.log(pa / qa) - pa + qa) / alpha**2).sum(-1)
+    if alpha == 0:
+        pb, qb = p**beta, q**beta
+        return ((qb * torch.log(qb / pb) - qb + pb) / beta**2).sum(-1)
+    if alpha + beta == 0:
+        ratio = q**alpha / p**alpha
+        return ((torch.log(ratio) + 1 / ratio - 1) / alpha**2).sum(-1)
+    s = alpha + beta
+    terms = p**alpha * q**beta - alpha / s * p**s - beta / s * q**s
+    return (-terms / (alpha * beta)).sum(-1)
+
+
+def total_variation_probs64(q, p):
+    return 0.5 * (p.double() - q.double()).abs().sum(-1)
+
+
+def skew_kl_probs64(q, p, alpha, direction):
+    """DistiLLM: KL(p || a p + (1-a) q) forward, KL(q || (1-a) p + a q) reverse."""
+    q, p = q.double(), p.double()
+    if direction == "forward":
+        return _sum_a_log_ratio(p, torch.log(p), torch.log(alpha * p + (1 - alpha) * q))
+    return _sum_a_log_ratio(q, torch.log(q), torch.log((1 - alpha) * p + alpha * q))
+
+
+def adaptive_kl_probs64(q, p, mu):
+    """AKL: w KL(p||q) + (1-w) KL(q||p); the head walked token by token in Python, w detached."""
+    q, p = q.double(), p.double()
+    weights = []
+    for q_row, p_row in zip(q.detach().reshape(-1, q.shape[-1]).tolist(), p.detach().reshape(-1, p.shape[-1]).tolist()):
+        order = sorted(range(len(p_row)), key=lambda v: -p_row[v])
+        head, cum = [], 0.0
+        for v in order:
+            cum += p_row[v]
+            if head and cum > mu:
+                break
+            head.append(v)
+        gaps = [abs(a - b) for a, b in zip(p_row, q_row)]
+        weights.append(sum(gaps[v] for v in head) / sum(gaps) if sum(gaps) > 0 else 0.5)
+    w = torch.tensor(weights, dtype=torch.float64).reshape(q.shape[:-1])
+    log_q, log_p = torch.log(q), torch.log(p)
+    return w * _sum_a_log_ratio(p, log_p, log_q) + (1 - w) * _sum_a_log_ratio(q, log_q, log_p)
+
+
+def divergence_probs64(name, q, p, **params):
+    return {
+        "alpha_beta": alpha_beta_probs64,
+        "total_variation": total_variation_probs64,
+        "skew_kl": skew_kl_probs64,
+        "adaptive_kl": adaptive_kl_probs64,
+        "jsd": lambda q, p, beta: jsd_probs64(q, p, beta),
+    }[name](q, p, **params)
+
+
+def divergence64(name, student_logits, teacher_logits, temperature=1.0, **params):
+    """Per-token divergence of the tempered softmaxes, times temperature**2."""
+    q, p = softmax64(student_logits, temperature), softmax64(teacher_logits, temperature)
+    return divergence_probs64(name, q, p, **params) * temperature**2
+
+
+def topk_divergence64(name, student_logits, teacher, temperature=1.0, **params):
+    """As :func:`topk_jsd64` for any divergence: both (k+1)-bucket distributions built explicitly."""
+    ids, log_probs, tail_log_mass = teacher
+    q_buckets = bucket_probs64(softmax64(student_logits, temperature), ids)
+    p_buckets = torch.cat([log_probs, tail_log_mass.unsqueeze(-1)], -1).double().exp()
+    return divergence_probs64(name, q_buckets, p_buckets, **params) * temperature**2

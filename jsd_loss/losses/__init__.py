@@ -1,8 +1,35 @@
+from jsd_loss.losses._alpha_beta import alpha_beta_divergence, alpha_beta_divergence_and_grad
 from jsd_loss.losses._chunked import (
+    DistillWithChunkedOutputLoss,
     JSDistillWithChunkedOutputLoss,
     KLDistillWithChunkedOutputLoss,
 )
-from jsd_loss.losses._distill import JSDistillLoss, KLDistillLoss
+from jsd_loss.losses._distill import (
+    AdaptiveKLDistillLoss,
+    AlphaBetaDistillLoss,
+    DistillLoss,
+    JSDistillLoss,
+    KLDistillLoss,
+    SkewKLDistillLoss,
+    TotalVariationDistillLoss,
+)
+from jsd_loss.losses._divergence import Divergence, divergence_of_logits, student_divergence_of_logits
+from jsd_loss.losses._divergence_functional import (
+    adaptive_kl,
+    adaptive_kl_and_grad,
+    skew_kl,
+    skew_kl_and_grad,
+    total_variation,
+    total_variation_and_grad,
+)
+from jsd_loss.losses._divergences import (
+    AdaptiveKLDivergence,
+    AlphaBetaDivergence,
+    JSDivergence,
+    KLDivergence,
+    SkewKLDivergence,
+    TotalVariationDivergence,
+)
 from jsd_loss.losses._feature import FEATURE_LOSSES, FeatureLoss, feature_loss, feature_token_loss
 from jsd_loss.losses._functional import (
     generalized_jsd,
@@ -11,6 +38,7 @@ from jsd_loss.losses._functional import (
     student_divergence,
 )
 from jsd_loss.losses._fused_linear import (
+    FusedLinearDivergenceLoss,
     FusedLinearJSDistillLoss,
     FusedLinearKLDistillLoss,
 )
@@ -24,23 +52,47 @@ from jsd_loss.losses._topk_divergence import (
 
 __all__ = [
     "FEATURE_LOSSES",
+    "AdaptiveKLDistillLoss",
+    "AdaptiveKLDivergence",
+    "AlphaBetaDistillLoss",
+    "AlphaBetaDivergence",
+    "DistillLoss",
+    "DistillWithChunkedOutputLoss",
+    "Divergence",
     "FeatureLoss",
     "FusedLinearDistillLoss",
+    "FusedLinearDivergenceLoss",
     "FusedLinearJSDistillLoss",
     "FusedLinearKLDistillLoss",
     "JSDistillLoss",
     "JSDistillWithChunkedOutputLoss",
+    "JSDivergence",
     "KLDistillLoss",
     "KLDistillWithChunkedOutputLoss",
+    "KLDivergence",
+    "SkewKLDistillLoss",
+    "SkewKLDivergence",
     "TopKDistribution",
+    "TotalVariationDistillLoss",
+    "TotalVariationDivergence",
+    "adaptive_kl",
+    "adaptive_kl_and_grad",
+    "alpha_beta_divergence",
+    "alpha_beta_divergence_and_grad",
+    "divergence_of_logits",
     "feature_loss",
     "feature_token_loss",
     "generalized_jsd",
     "generalized_jsd_and_grad",
     "kl_divergence",
+    "skew_kl",
+    "skew_kl_and_grad",
     "student_divergence",
+    "student_divergence_of_logits",
     "topk_from_logits",
     "topk_generalized_jsd",
     "topk_generalized_jsd_and_grad",
     "topk_student_divergence",
+    "total_variation",
+    "total_variation_and_grad",
 ]

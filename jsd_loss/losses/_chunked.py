@@ -5,12 +5,16 @@ from typing import List, Union
 import torch
 from torch import nn
 
-from jsd_loss.losses._distill import JSDistillLoss, KLDistillLoss, _DivergenceLoss
+from jsd_loss.losses._distill import DistillLoss
+from jsd_loss.losses._divergence import Divergence
+from jsd_loss.losses._divergences import JSDivergence, KLDivergence
 from jsd_loss.losses._topk import TopKDistribution, _check_fields
 
 
-class _ChunkedOutputLoss(nn.Module):
-    """Applies a token-level divergence loss to the chunked logits of a torchtune model.
+class DistillWithChunkedOutputLoss(nn.Module):
+    """:class:`~jsd_loss.DistillLoss` of any divergence over the chunked logits of a torchtune
+    model; a drop-in for torchtune's ``ForwardKLWithChunkedOutputLoss`` (same call signature,
+    ``kd_loss`` in a KD config, ``num_output_chunks`` matching the CE loss's).
 
     torchtune's ``TransformerDecoder.chunked_output`` splits the sequence with
     ``Tensor.chunk``, while other code uses ``tensor_split``; the two disagree when the
@@ -18,16 +22,35 @@ class _ChunkedOutputLoss(nn.Module):
     split by the sizes of the chunks actually received, and the loss is normalised once
     by the global number of unmasked tokens. A top-k + tail teacher comes as one
     :class:`~jsd_loss.losses.TopKDistribution` over the whole sequence and is split the
-    same way.
+    same way. Each chunk's backward reuses the closed-form gradient its forward computed.
+
+    Args:
+        divergence (Divergence): the divergence, e.g. :class:`~jsd_loss.SkewKLDivergence`, or a
+            config node ``{_component_: ..., ...}`` that builds one.
+        num_output_chunks (int): number of chunks the model's output is split into.
+            Default: 8.
+        temperature (float): softmax temperature. Default: 1.0.
+        ignore_index (int): label value of tokens that do not contribute. Default: -100.
     """
 
-    def __init__(self, num_output_chunks: int, token_loss: _DivergenceLoss):
+    def __init__(
+        self,
+        divergence: Divergence,
+        num_output_chunks: int = 8,
+        temperature: float = 1.0,
+        ignore_index: int = -100,
+    ):
         super().__init__()
         if num_output_chunks < 1:
             raise ValueError(f"num_output_chunks must be >= 1, got {num_output_chunks}")
         self.num_output_chunks = num_output_chunks
-        self.token_loss = token_loss
-        self.ignore_index = token_loss.ignore_index
+        self.token_loss = DistillLoss(divergence, temperature, ignore_index)
+        self.temperature = temperature
+        self.ignore_index = ignore_index
+
+    @property
+    def divergence(self) -> Divergence:
+        return self.token_loss.divergence
 
     def forward(
         self,
@@ -84,7 +107,7 @@ class _ChunkedOutputLoss(nn.Module):
         return total / (labels != self.ignore_index).sum().clamp(min=1)
 
 
-class JSDistillWithChunkedOutputLoss(_ChunkedOutputLoss):
+class JSDistillWithChunkedOutputLoss(DistillWithChunkedOutputLoss):
     """:class:`~jsd_loss.JSDistillLoss` over chunked logits; a drop-in for torchtune's
     ``ForwardKLWithChunkedOutputLoss`` (same call signature, ``kd_loss`` in a KD config).
 
@@ -103,12 +126,11 @@ class JSDistillWithChunkedOutputLoss(_ChunkedOutputLoss):
         temperature: float = 1.0,
         ignore_index: int = -100,
     ):
-        super().__init__(
-            num_output_chunks, JSDistillLoss(beta, temperature, ignore_index)
-        )
+        super().__init__(JSDivergence(beta), num_output_chunks, temperature, ignore_index)
+        self.beta = beta
 
 
-class KLDistillWithChunkedOutputLoss(_ChunkedOutputLoss):
+class KLDistillWithChunkedOutputLoss(DistillWithChunkedOutputLoss):
     """:class:`~jsd_loss.KLDistillLoss` (true KL) over chunked logits.
 
     Args:
@@ -126,6 +148,5 @@ class KLDistillWithChunkedOutputLoss(_ChunkedOutputLoss):
         temperature: float = 1.0,
         ignore_index: int = -100,
     ):
-        super().__init__(
-            num_output_chunks, KLDistillLoss(direction, temperature, ignore_index)
-        )
+        super().__init__(KLDivergence(direction), num_output_chunks, temperature, ignore_index)
+        self.beta, self.direction = self.divergence.beta, direction

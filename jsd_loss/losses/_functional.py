@@ -31,6 +31,7 @@ Conventions used throughout the package:
   comes out as a huge finite number.
 """
 
+import functools
 import math
 from typing import Tuple
 
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from jsd_loss.losses._autocast import _autocast_off
+from jsd_loss.losses._closed_form import _ClosedFormDivergence
 
 # log-probability used for probability-zero entries: far below any real log-probability
 # (float32 underflows exp() near -104) yet finite, so differences and products stay finite.
@@ -65,6 +67,10 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _check_args(beta: float, temperature: float) -> None:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
+    _check_temperature(temperature)
+
+
+def _check_temperature(temperature: float) -> None:
     if not temperature > 0.0 or not math.isfinite(temperature):
         raise ValueError(f"temperature must be a finite positive number, got {temperature}")
 
@@ -241,28 +247,6 @@ def generalized_jsd_and_grad(
     return div.clamp_(min=0.0).mul_(temperature**2), grad.mul_(temperature)
 
 
-class _ClosedFormDivergence(torch.autograd.Function):
-    """Per-token divergence whose backward reuses the gradient computed in forward.
-
-    Saves one ``(N, V)`` tensor instead of the half-dozen intermediates autograd keeps,
-    which is what makes the chunked losses cheap in memory. The teacher gets no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, student_logits, teacher, beta, temperature, value_and_grad=None):
-        """``value_and_grad(student_logits, teacher, beta, temperature)`` gives the per-token
-        divergence and its gradient (default: :func:`generalized_jsd_and_grad`)."""
-        div, grad = (value_and_grad or generalized_jsd_and_grad)(student_logits, teacher, beta, temperature)
-        ctx.save_for_backward(grad)
-        ctx.logits_dtype = student_logits.dtype
-        return div
-
-    @staticmethod
-    def backward(ctx, grad_div):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_div.unsqueeze(-1)).to(ctx.logits_dtype), None, None, None, None
-
-
 def student_divergence(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -277,4 +261,5 @@ def student_divergence(
     """
     if teacher_logits.requires_grad or not student_logits.requires_grad:
         return generalized_jsd(student_logits, teacher_logits, beta, temperature)
-    return _ClosedFormDivergence.apply(student_logits, teacher_logits, beta, temperature)
+    value_and_grad = functools.partial(generalized_jsd_and_grad, beta=beta, temperature=temperature)
+    return _ClosedFormDivergence.apply(student_logits, teacher_logits, value_and_grad)

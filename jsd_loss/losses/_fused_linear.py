@@ -15,145 +15,52 @@ its own weight dtype.
 from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
-from jsd_loss.losses._autocast import _autocast_dtype, _autocast_off
-from jsd_loss.losses._functional import (
-    _check_args,
-    generalized_jsd_and_grad,
-    kl_direction_to_beta,
-)
+from jsd_loss.losses._autocast import _autocast_dtype
+from jsd_loss.losses._divergence import Divergence, as_divergence
+from jsd_loss.losses._divergences import JSDivergence, KLDivergence
+from jsd_loss.losses._functional import _check_temperature
+from jsd_loss.losses._fused_linear_function import _FusedLinearDistillFunction
 from jsd_loss.losses._interface import FusedLinearDistillLoss
 from jsd_loss.losses._topk import TopKDistribution, _topk_for_tokens
-from jsd_loss.losses._topk_divergence import _topk_jsd_and_grad
 
 
-def _ce_and_grad(
-    logits: torch.Tensor, targets: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Summed hard-label cross-entropy and its gradient w.r.t. the logits."""
-    log_p = F.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, -1)
-    ce = -log_p.gather(-1, targets.unsqueeze(-1)).sum()
-    grad = log_p.exp_()
-    grad.scatter_add_(-1, targets.unsqueeze(-1), -torch.ones_like(grad[:, :1]))
-    return ce, grad
+class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
+    """:class:`~jsd_loss.DistillLoss` of any divergence fused with the output projections
+    (a :class:`~jsd_loss.FusedLinearDistillLoss`): peak extra memory ``O(chunk_size * vocab)``
+    instead of ``O(tokens * vocab)``. Each chunk's gradient is the divergence's closed form
+    (:meth:`~jsd_loss.Divergence.logits_value_and_grad`).
 
+    Example (a torchtune config)::
 
-def _is_one(t: torch.Tensor) -> bool:
-    return t.numel() == 1 and bool(t == 1)
+        kd_loss:
+          _component_: jsd_loss.FusedLinearDivergenceLoss
+          divergence: {_component_: jsd_loss.SkewKLDivergence, alpha: 0.1}
+          return_ce: true
 
+    Args:
+        divergence (Divergence): the divergence, e.g. :class:`~jsd_loss.AlphaBetaDivergence`, or a
+            config node ``{_component_: ..., ...}`` that builds one.
+        temperature (float): softmax temperature. Default: 1.0.
+        ignore_index (int): label value of tokens that do not contribute. Default: -100.
+        chunk_size (int): tokens per chunk. Default: 256.
+        return_ce (bool): also return the hard-label cross-entropy, computed in the same
+            pass from the same logits. Default: False.
+    """
 
-class _FusedLinearDistillFunction(torch.autograd.Function):
-    @staticmethod
-    @_autocast_off
-    def forward(
-        ctx,
-        student_hidden: torch.Tensor,
-        student_weight: torch.Tensor,
-        teacher_hidden: torch.Tensor,
-        teacher_weight: torch.Tensor,
-        labels: torch.Tensor,
-        beta: float,
-        temperature: float,
-        ignore_index: int,
-        chunk_size: int,
-        with_ce: bool,
-        matmul_dtype: Optional[torch.dtype],
-    ):
-        keep = (labels != ignore_index).nonzero().squeeze(-1)
-        n_valid = keep.numel()
-        denom = max(n_valid, 1)
-        math_dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
-        need_h = student_hidden.requires_grad
-        need_w = student_weight.requires_grad
-        # the operands of every matmul, cast once: autocast's dtype, else each weight's own
-        s_weight = student_weight.to(matmul_dtype or student_weight.dtype)
-        if teacher_weight is not None:
-            teacher_weight = teacher_weight.to(matmul_dtype or teacher_weight.dtype)
-
-        grads = {}
-        for name in ("kd", "ce") if with_ce else ("kd",):
-            grads[name] = (
-                torch.zeros_like(student_hidden, dtype=math_dtype) if need_h else None,
-                torch.zeros_like(student_weight, dtype=math_dtype) if need_w else None,
-            )
-        totals = {name: torch.zeros((), dtype=math_dtype, device=labels.device) for name in grads}
-
-        for start in range(0, n_valid, chunk_size):
-            idx = keep[start : start + chunk_size]
-            h = student_hidden[idx].to(s_weight.dtype)
-            s_logits = h @ s_weight.t()
-            if isinstance(teacher_hidden, TopKDistribution):
-                t_rows = teacher_hidden.select(idx)
-                kd_tok, g_logits = _topk_jsd_and_grad(s_logits, t_rows, beta, temperature)
-            else:
-                t_logits = teacher_hidden[idx].to(teacher_weight.dtype) @ teacher_weight.t()
-                kd_tok, g_logits = generalized_jsd_and_grad(s_logits, t_logits, beta, temperature)
-                del t_logits
-            chunk_results = {"kd": (kd_tok.sum(), g_logits)}
-            if with_ce:
-                chunk_results["ce"] = _ce_and_grad(s_logits, labels[idx])
-            del s_logits
-            for name, (total, g) in chunk_results.items():
-                totals[name] += total
-                g = g.div_(denom).to(s_weight.dtype)
-                g_hidden, g_weight = grads[name]
-                if need_h:
-                    g_hidden.index_copy_(0, idx, (g @ s_weight).to(math_dtype))
-                if need_w:
-                    if g_weight.dtype == g.dtype:
-                        g_weight.addmm_(g.t(), h)
-                    else:
-                        g_weight.add_((g.t() @ h).to(math_dtype))
-
-        ctx.with_ce = with_ce
-        ctx.save_for_backward(
-            *[t if t is not None else torch.empty(0) for pair in grads.values() for t in pair]
-        )
-        ctx.need = (need_h, need_w)
-        ctx.dtypes = (student_hidden.dtype, student_weight.dtype)
-        outs = tuple(totals[name] / denom for name in grads)
-        return outs if with_ce else outs[0]
-
-    @staticmethod
-    def backward(ctx, *grad_outputs):
-        saved = ctx.saved_tensors
-        need_h, need_w = ctx.need
-        grad_h = grad_w = None
-        for i, grad_out in enumerate(grad_outputs):
-            if grad_out is None:
-                continue
-            g_hidden, g_weight = saved[2 * i], saved[2 * i + 1]
-            if need_h:
-                # grad_out is 1 when this loss is the whole objective: hand the stored
-                # gradient over instead of copying it
-                term = g_hidden if _is_one(grad_out) else g_hidden * grad_out
-                grad_h = term if grad_h is None else grad_h + term
-            if need_w:
-                term = g_weight if _is_one(grad_out) else g_weight * grad_out
-                grad_w = term if grad_w is None else grad_w + term
-        dtype_h, dtype_w = ctx.dtypes
-        return (
-            grad_h.to(dtype_h) if grad_h is not None else None,
-            grad_w.to(dtype_w) if grad_w is not None else None,
-            *([None] * 9),
-        )
-
-
-class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
     def __init__(
         self,
-        beta: float,
-        temperature: float,
-        ignore_index: int,
-        chunk_size: int,
-        return_ce: bool,
+        divergence: Divergence,
+        temperature: float = 1.0,
+        ignore_index: int = -100,
+        chunk_size: int = 256,
+        return_ce: bool = False,
     ):
         super().__init__()
-        _check_args(beta, temperature)
+        _check_temperature(temperature)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.beta = beta
+        self.divergence = as_divergence(divergence)
         self.temperature = temperature
         self.ignore_index = ignore_index
         self.chunk_size = chunk_size
@@ -213,7 +120,7 @@ class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
             )
         return _FusedLinearDistillFunction.apply(
             student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-            labels, self.beta, self.temperature, self.ignore_index, self.chunk_size,
+            labels, self.divergence, self.temperature, self.ignore_index, self.chunk_size,
             self.return_ce, _autocast_dtype(student_hidden.device),
         )
 
@@ -233,13 +140,13 @@ class _FusedLinearDivergenceLoss(FusedLinearDistillLoss):
             student_weight.size(0), student_hidden.device,
         )
         return _FusedLinearDistillFunction.apply(
-            student_hidden, student_weight, teacher, None, labels, self.beta,
+            student_hidden, student_weight, teacher, None, labels, self.divergence,
             self.temperature, self.ignore_index, self.chunk_size, self.return_ce,
             _autocast_dtype(student_hidden.device),
         )
 
 
-class FusedLinearJSDistillLoss(_FusedLinearDivergenceLoss):
+class FusedLinearJSDistillLoss(FusedLinearDivergenceLoss):
     """:class:`~jsd_loss.JSDistillLoss` fused with the output projections.
 
     Peak extra memory is ``O(chunk_size * vocab)`` instead of ``O(tokens * vocab)``.
@@ -261,10 +168,11 @@ class FusedLinearJSDistillLoss(_FusedLinearDivergenceLoss):
         chunk_size: int = 256,
         return_ce: bool = False,
     ):
-        super().__init__(beta, temperature, ignore_index, chunk_size, return_ce)
+        super().__init__(JSDivergence(beta), temperature, ignore_index, chunk_size, return_ce)
+        self.beta = beta
 
 
-class FusedLinearKLDistillLoss(_FusedLinearDivergenceLoss):
+class FusedLinearKLDistillLoss(FusedLinearDivergenceLoss):
     """:class:`~jsd_loss.KLDistillLoss` (true KL) fused with the output projections.
 
     Args:
@@ -283,7 +191,5 @@ class FusedLinearKLDistillLoss(_FusedLinearDivergenceLoss):
         chunk_size: int = 256,
         return_ce: bool = False,
     ):
-        super().__init__(
-            kl_direction_to_beta(direction), temperature, ignore_index, chunk_size, return_ce
-        )
-        self.direction = direction
+        super().__init__(KLDivergence(direction), temperature, ignore_index, chunk_size, return_ce)
+        self.beta, self.direction = self.divergence.beta, direction

@@ -23,14 +23,15 @@ evaluated as ``q_v * P_b / Q_b = exp(log q_v - log Q_b + log P_b) <= P_b`` so th
 vanishing student tail cannot overflow.
 """
 
+import functools
 from typing import Tuple
 
 import torch
 
 from jsd_loss.losses._autocast import _autocast_off
+from jsd_loss.losses._closed_form import _ClosedFormDivergence
 from jsd_loss.losses._functional import (
     _LOG_ZERO,
-    _ClosedFormDivergence,
     _check_args,
     _divergence_of_log_probs,
     _log_probs,
@@ -76,13 +77,20 @@ def topk_generalized_jsd(
         w.r.t. ``student_logits`` (and the teacher's log-masses).
     """
     teacher = _prepare(student_logits, teacher, beta, temperature)
+    div = _divergence_of_log_probs(*_bucket_log_probs(student_logits, teacher, temperature), beta)
+    return div.clamp(min=0.0) * temperature**2
+
+
+def _bucket_log_probs(
+    student_logits: torch.Tensor, teacher: TopKDistribution, temperature: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher bucket log-masses, each ``(..., k + 1)`` with the tail last
+    (differentiable; no argument checks)."""
     log_q = _log_probs(student_logits, temperature)
     ids = teacher.ids.long()
     log_q_tail = torch.logsumexp(log_q.scatter(-1, ids, _LOG_ZERO), dim=-1, keepdim=True)
     log_q_buckets = torch.cat([log_q.gather(-1, ids), log_q_tail], -1)
-    log_p_buckets = _teacher_buckets(teacher, log_q.dtype)
-    div = _divergence_of_log_probs(log_q_buckets, log_p_buckets, beta)
-    return div.clamp(min=0.0) * temperature**2
+    return log_q_buckets, _teacher_buckets(teacher, log_q.dtype)
 
 
 @torch.no_grad()
@@ -169,4 +177,5 @@ def topk_student_divergence(
     ):
         return topk_generalized_jsd(student_logits, teacher, beta, temperature)
     teacher = _prepare(student_logits, teacher, beta, temperature)
-    return _ClosedFormDivergence.apply(student_logits, teacher, beta, temperature, _topk_jsd_and_grad)
+    value_and_grad = functools.partial(_topk_jsd_and_grad, beta=beta, temperature=temperature)
+    return _ClosedFormDivergence.apply(student_logits, teacher, value_and_grad)

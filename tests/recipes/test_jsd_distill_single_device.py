@@ -95,6 +95,26 @@ def test_fused_linear_kd_matches_chunked_kd(tmp_path, tiny_dirs):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4), key
 
 
+def test_a_divergence_component_trains_in_the_chunked_and_the_fused_loss(tmp_path, tiny_dirs):
+    """A nested ``divergence: {_component_: ...}`` node builds; both forms give the same run."""
+    common = {"max_steps_per_epoch": 2, "save_every_n_steps": None, "shuffle": False}
+    divergence = {"_component_": "jsd_loss.AlphaBetaDivergence", "alpha": 0.6, "beta": 0.3}
+    forms = {
+        "chunked": {"_component_": "jsd_loss.DistillWithChunkedOutputLoss", "num_output_chunks": 1,
+                    "temperature": 1.5, "divergence": divergence},
+        "fused": {"_component_": "jsd_loss.FusedLinearDivergenceLoss", "chunk_size": 16, "return_ce": True,
+                  "temperature": 1.5, "divergence": divergence},
+    }
+    for name, kd_loss in forms.items():
+        (tmp_path / name).mkdir()
+        tune_run(tiny_config(tmp_path / name, *tiny_dirs, **common, kd_loss=kd_loss))
+    a, b = metrics(tmp_path / "chunked" / "out"), metrics(tmp_path / "fused" / "out")
+    assert len(a) == len(b) == 2 and all(r["kd_loss"] > 0 for r in a)
+    for ra, rb in zip(a, b):
+        for key in ("loss", "class_loss", "kd_loss", "grad_norm"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4), key
+
+
 @pytest.mark.parametrize("kd_loss", ["chunked", "fused"])
 def test_bf16_training_is_finite(tmp_path, tiny_dirs, kd_loss):
     fused = {"_component_": "jsd_loss.FusedLinearJSDistillLoss", "return_ce": True}
