@@ -48,6 +48,7 @@ from jsd_loss.training._models import (
 from jsd_loss.training._nonfinite import DEFAULT_MAX_SKIPPED_STEPS, NonFiniteSteps, loss_labels
 from jsd_loss.training._precision import Precision, precision_from_config
 from jsd_loss.training._resume import RNG_KEY, RUN_KEY, check_resume, rng_state, run_identity, set_rng_state
+from jsd_loss.training._schedules import ConstantSchedule, CosineSchedule, LinearSchedule, Schedule, as_schedule
 from jsd_loss.training._teacher_cache import (
     batch_teacher,
     cache_identity,
@@ -60,6 +61,11 @@ from jsd_loss.training._teacher_cache import (
 from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_shape, model_shape
 
 __all__ = [
+    "ConstantSchedule",
+    "CosineSchedule",
+    "LinearSchedule",
+    "Schedule",
+    "as_schedule",
     "DEFAULT_KEEP_LAST_N",
     "DEFAULT_MAX_SKIPPED_STEPS",
     "FEATURE_STATE",
