@@ -55,6 +55,7 @@ from jsd_loss.training import (
     DEFAULT_KEEP_LAST_N,
     DEFAULT_MAX_SKIPPED_STEPS,
     FEATURE_STATE,
+    KDSchedules,
     NOT_IMPLEMENTED,
     RNG_KEY,
     RUN_KEY,
@@ -146,12 +147,11 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._resume_from_checkpoint = cfg.get("resume_from_checkpoint", False)
         self._gradient_accumulation_steps = cfg.gradient_accumulation_steps
         self._clip_grad_norm = cfg.get("clip_grad_norm", None)
-        self._kd_ratio = cfg.get("kd_ratio", 0.5)
+        self._schedules = KDSchedules(cfg)  # kd_ratio and KD temperature per step (numbers or schedules)
+        self._kd_ratio = self._schedules.kd_ratio.start
         self._nonfinite = NonFiniteSteps(cfg.get("max_skipped_steps", DEFAULT_MAX_SKIPPED_STEPS), log=log)
         # single process; the distributed recipe overrides these
         self.world_size, self.rank, self._is_rank_zero = 1, 0, True
-        if not 0.0 <= self._kd_ratio <= 1.0:
-            raise ValueError(f"kd_ratio must be in [0, 1], got {self._kd_ratio}")
 
     # ------------------------------------------------------------------ checks
 
@@ -196,7 +196,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._tokenizer = config.instantiate(cfg.tokenizer)
 
         # fused-linear KD losses take hidden states and output weights instead of logits
-        self._losses = setup_losses(cfg.loss, cfg.kd_loss)
+        self._losses = setup_losses(cfg.loss, self._schedules.kd_loss_config(cfg.kd_loss))
         self._fused_kd = self._losses.fused
         log.info("Loss is initialized.")
 
@@ -400,6 +400,10 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 batches = self._features.batches(batches, self._gradient_accumulation_steps, self._losses.ignore_index)
             for idx, batch in batches:
                 batch = {k: v.to(self._device) for k, v in batch.items()}
+                if idx % self._gradient_accumulation_steps == 0:  # this step's kd_ratio and temperature
+                    scheduled = self._schedules.step(self._losses.kd_loss, self.global_step,
+                                                     self.total_epochs * self._steps_per_epoch)
+                    self._kd_ratio = scheduled["kd_ratio"]
                 current_num_tokens = (batch["labels"][..., 1:] != self._losses.ignore_index).sum()
                 class_loss, kd_loss, feature_sum = self._loss_step(batch)
                 # token-weighted: the step's gradient is the mean over all its tokens
@@ -455,6 +459,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                         }
                         if self._features is not None:
                             log_dict["feature_loss"] = feature_loss_to_log
+                        if self._schedules.scheduled:
+                            log_dict.update(scheduled)
                         if self._log_peak_memory_stats:
                             log_dict["peak_memory_gib"] = peak_memory_gib(self._device)
                         self._metric_logger.log_dict(log_dict, step=self.global_step)

@@ -48,7 +48,14 @@ from jsd_loss.training._models import (
 from jsd_loss.training._nonfinite import DEFAULT_MAX_SKIPPED_STEPS, NonFiniteSteps, loss_labels
 from jsd_loss.training._precision import Precision, precision_from_config
 from jsd_loss.training._resume import RNG_KEY, RUN_KEY, check_resume, rng_state, run_identity, set_rng_state
-from jsd_loss.training._schedules import ConstantSchedule, CosineSchedule, LinearSchedule, Schedule, as_schedule
+from jsd_loss.training._schedules import (
+    ConstantSchedule,
+    CosineSchedule,
+    KDSchedules,
+    LinearSchedule,
+    Schedule,
+    as_schedule,
+)
 from jsd_loss.training._teacher_cache import (
     batch_teacher,
     cache_identity,
@@ -63,6 +70,7 @@ from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_s
 __all__ = [
     "ConstantSchedule",
     "CosineSchedule",
+    "KDSchedules",
     "LinearSchedule",
     "Schedule",
     "as_schedule",

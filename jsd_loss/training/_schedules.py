@@ -125,3 +125,59 @@ def as_schedule(value: Union[float, int, dict, DictConfig, Schedule], name: str)
         return schedule
     raise ValueError(f"{name} must be a number or a schedule component (_component_: "
                      f"jsd_loss.training.LinearSchedule, ...), got {value!r}")
+
+
+class KDSchedules:
+    """The objective's per-step scalars of a distillation config: ``kd_ratio`` (a number or
+    a schedule, within [0, 1]) and ``kd_loss.temperature`` (a number or a schedule, > 0).
+
+    Args:
+        cfg (DictConfig): the recipe config.
+
+    Raises:
+        ValueError: naming the key, for a value out of range or a non-constant temperature
+            with a ``teacher_cache`` (a cache holds the teacher at one temperature).
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.kd_ratio = as_schedule(cfg.get("kd_ratio", 0.5), "kd_ratio")
+        lo, hi = self.kd_ratio.bounds()
+        if lo < 0.0 or hi > 1.0:
+            shown = self.kd_ratio.start if isinstance(self.kd_ratio, ConstantSchedule) else self.kd_ratio
+            raise ValueError(f"kd_ratio must be in [0, 1], got {shown}")
+        raw = cfg.kd_loss.get("temperature", None) if "kd_loss" in cfg else None
+        self.temperature = None if raw is None else as_schedule(raw, "kd_loss.temperature")
+        if self.temperature is not None:
+            lo, hi = self.temperature.bounds()
+            if lo <= 0.0:
+                raise ValueError(f"kd_loss.temperature must stay > 0, the schedule reaches {lo}")
+            if lo != hi and cfg.get("teacher_cache", None):
+                raise ValueError("kd_loss.temperature is a schedule, but a teacher_cache holds the teacher's "
+                                 "distributions at one temperature: use a constant temperature with the cache")
+        self.scheduled = not all(s is None or s.bounds()[0] == s.bounds()[1] for s in (self.kd_ratio, self.temperature))
+
+    def kd_loss_config(self, cfg_kd_loss: DictConfig) -> DictConfig:
+        """``kd_loss`` with its temperature as the schedule's first value (what the loss is built with)."""
+        if self.temperature is None:
+            return cfg_kd_loss
+        node = OmegaConf.create(OmegaConf.to_container(cfg_kd_loss, resolve=True))
+        node.temperature = self.temperature.start if self.temperature.warmup_steps == 0 else self.temperature.warmup_from
+        return node
+
+    def step(self, kd_loss: Any, step: int, total_steps: int) -> dict:
+        """Set the KD loss's temperature for optimizer step ``step`` (0-based) and return
+        this step's ``{"kd_ratio": ..., "kd_temperature": ...}``.
+
+        Raises:
+            ValueError: if the temperature is scheduled and the loss has no ``temperature``.
+        """
+        values = {"kd_ratio": self.kd_ratio(step, total_steps)}
+        if self.temperature is not None:
+            t = self.temperature(step, total_steps)
+            holders = [m for m in kd_loss.modules() if hasattr(m, "temperature")]
+            if not holders:
+                raise ValueError(f"{type(kd_loss).__name__} has no temperature to schedule")
+            for module in holders:
+                module.temperature = t
+            values["kd_temperature"] = t
+        return values

@@ -44,3 +44,39 @@ def test_as_schedule_reads_numbers_and_components_and_names_bad_values():
         LinearSchedule(1.0, 0.0, warmup_steps=-1)
     with pytest.raises(ValueError, match=r"end=nan"):
         CosineSchedule(1.0, math.nan)
+
+
+def test_kd_schedules_set_every_temperature_of_the_loss_and_refuse_what_cannot_work():
+    from omegaconf import OmegaConf
+
+    from jsd_loss import JSDistillWithChunkedOutputLoss
+    from jsd_loss.training import KDSchedules
+
+    cfg = OmegaConf.create({"kd_ratio": 0.5, "kd_loss": {
+        "_component_": "jsd_loss.JSDistillWithChunkedOutputLoss", "num_output_chunks": 2,
+        "temperature": {"_component_": "jsd_loss.training.LinearSchedule", "start": 3.0, "end": 1.0}}})
+    schedules = KDSchedules(cfg)
+    assert schedules.scheduled and schedules.kd_loss_config(cfg.kd_loss).temperature == 3.0
+    loss = JSDistillWithChunkedOutputLoss(num_output_chunks=2, temperature=3.0)
+    assert schedules.step(loss, 1, 3) == {"kd_ratio": 0.5, "kd_temperature": 2.0}
+    temperatures = {m.temperature for m in loss.modules() if hasattr(m, "temperature")}
+    assert temperatures == {2.0} and len([m for m in loss.modules() if hasattr(m, "temperature")]) >= 2
+
+    for key, value, message in [
+        ("kd_ratio", {"_component_": "jsd_loss.training.LinearSchedule", "start": 0.5, "end": 1.5}, "kd_ratio must be in"),
+        ("kd_ratio", 1.5, r"kd_ratio must be in \[0, 1\], got 1.5"),
+        ("kd_loss.temperature", {"_component_": "jsd_loss.training.LinearSchedule", "start": 1.0, "end": 0.0},
+         "must stay > 0"),
+        ("teacher_cache", "some/cache", "a teacher_cache holds the teacher's distributions at one temperature"),
+    ]:
+        bad = OmegaConf.create(OmegaConf.to_container(cfg))
+        OmegaConf.update(bad, key, value, merge=False)
+        with pytest.raises(ValueError, match=message):
+            KDSchedules(bad)
+    cached = OmegaConf.create({"kd_loss": {"temperature": {"_component_": "jsd_loss.training.LinearSchedule",
+                                                           "start": 2.0, "end": 1.0}}})
+    from jsd_loss.training import kd_temperature
+
+    with pytest.raises(ValueError, match="one temperature"):
+        kd_temperature(cached)
+    assert kd_temperature(OmegaConf.create({"kd_loss": {"temperature": 2.0}})) == 2.0
