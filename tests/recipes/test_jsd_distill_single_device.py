@@ -200,7 +200,7 @@ def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir
         # a tied model config against an untied checkpoint (the converter's own refusal of untied
         # students: tests/jsd_loss/training/test_families.py)
         ({"student_dir": str(untied)}, "the student model config builds an output projection tied to the token "
-                                       f"embeddings (TiedLinear); {untied}/config.json has tie_word_embeddings=False"),
+                                       f"embeddings (ContiguousTiedLinear); {untied}/config.json has tie_word_embeddings=False"),
     ]
     for i, (overrides, message) in enumerate(cases):
         d = tmp_path / f"case{i}"
