@@ -1,5 +1,6 @@
 """Fault injection for the recipe tests: config components that fail on one rank only, give
-NaN losses or empty micro-batches."""
+NaN losses or empty micro-batches, or SIGKILL the run; a checkpoint write killed or failing
+(disk full) part-way."""
 
 import os
 
@@ -8,6 +9,7 @@ from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 from torchtune.modules.loss import CEWithChunkedOutputLoss
 
 from jsd_loss.datasets import dolly_dataset
+from jsd_loss.training import JSONLMetricLogger
 from jsd_loss.models.smollm2 import smollm2_tokenizer
 
 
@@ -54,6 +56,24 @@ def dolly_with_empty_batches(tokenizer, **kwargs):
     """``dolly_dataset`` in which every second pair of rows has no trained label (with
     ``shuffle: False`` and ``batch_size: 2``, every second micro-batch is empty)."""
     return _WithEmptyPairs(dolly_dataset(tokenizer, **kwargs))
+
+
+class KilledAtStep(JSONLMetricLogger):
+    """The recipe's metric logger, which SIGKILLs its process when asked to log step
+    ``kill_at_step`` (after that step's optimizer step, before its checkpoint): a run killed
+    mid-training, at a known step. Only rank 0 logs; under torchrun the other ranks are then
+    stopped by the launcher."""
+
+    def __init__(self, kill_at_step: int, **kwargs):
+        super().__init__(**kwargs)
+        self.kill_at_step = kill_at_step
+
+    def log_dict(self, payload, step: int) -> None:
+        if step == self.kill_at_step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().log_dict(payload, step)
 
 
 def killed_during_save(n: int) -> None:

@@ -8,9 +8,11 @@ import sys
 
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 
 from jsd_loss.checkpointing import load_state_dict
-from tests.conftest import REPO, SINGLE_DEVICE, clean_env, metrics, tiny_config, tune_run
+from tests.conftest import REPO, SINGLE_DEVICE, TINY, clean_env, metrics, tiny_config, tune_run
+from tests.recipes.test_jsd_distill_distributed import tune_run_distributed
 from tests.jsd_loss.training.test_checkpoint import plant_payload
 
 
@@ -126,3 +128,46 @@ def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, tiny_dirs, cl
     assert "'max_rows': 8" in text and "'max_rows': 6" in text
     assert "Student model" not in text  # refused before any model was built
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["final", "logs", "step_2", "step_3"]
+
+
+ADAPTER_MODEL = {"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
+                 "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, **TINY}
+KILLED = {"metric_logger._component_": "tests.recipes.faults.KilledAtStep", "metric_logger.kill_at_step": 3}
+
+
+# DoRA's tensors are LoRA's and magnitudes, resumed by the same code on one device and under
+# FSDP2 (three distributed runs cost 45 s, so not every kind runs on both)
+@pytest.mark.parametrize("kind,recipe", [("lora", "single"), ("dora", "distributed")])
+def test_a_killed_adapter_student_resumes_exactly(tmp_path, tiny_dirs, kind, recipe):
+    """A LoRA/DoRA student SIGKILLed after its step-3 update (step_2 the last checkpoint) and
+    resumed gives the uninterrupted run's losses and final weights: the adapters, DoRA
+    magnitudes and their AdamW moments come back, on the original frozen base (which the
+    step checkpoints' merges must leave as it was)."""
+    run = tune_run if recipe == "single" else tune_run_distributed
+    bs = 2 if recipe == "single" else 1  # the same global batch
+    model = {**ADAPTER_MODEL, "use_dora": kind == "dora"}
+    common = {**STEPS, "max_steps_per_epoch": 4, "batch_size": bs, "model": model, "lr_scheduler.num_warmup_steps": 1}
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    ref.mkdir(), killed.mkdir()
+    run(tiny_config(ref, *tiny_dirs, **common, keep_last_n_checkpoints=None))
+    cfg = tiny_config(killed, *tiny_dirs, **common, **KILLED)
+    proc = run(cfg, check=False)
+    out = killed / "out"
+    assert proc.returncode != 0 and sorted(p.name for p in out.glob("step_*")) == ["step_1", "step_2"]
+    assert len(metrics(out)) == 2  # step 3 trained, not logged, not saved
+
+    run(cfg, "resume_from_checkpoint=True", "metric_logger._component_=jsd_loss.training.JSONLMetricLogger")
+    got, want = metrics(out), metrics(ref / "out")
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(got, want):
+        for key in ("loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-8), (a["step"], key)
+    assert_same_weights(out / "final", ref / "out" / "final")
+    assert_same_weights(out / "step_4", ref / "out" / "step_4")
+    saved, expected = (torch.load(d / "step_4" / "recipe_state.pt", weights_only=True) for d in (out, ref / "out"))
+    assert sorted(saved["adapters"]) == sorted(expected["adapters"]) and any("magnitude" in k for k in saved["adapters"]) == (kind == "dora")
+    for k, v in expected["adapters"].items():
+        torch.testing.assert_close(saved["adapters"][k], v, rtol=1e-6, atol=1e-7, msg=k)
+    # merged: standard HF directories, that transformers loads
+    assert not any("lora" in k or "magnitude" in k for k in load_state_dict(out / "final"))
+    LlamaForCausalLM.from_pretrained(str(out / "step_4"))
