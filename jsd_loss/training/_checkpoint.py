@@ -167,6 +167,10 @@ def write_checkpoint(
                 torch.save(recipe_state, tmp / RECIPE_STATE)
                 write_checksums(tmp, [RECIPE_STATE])
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save and safetensors wrap the OS error
-        err = e.errno if isinstance(e, OSError) else None
-        raise OSError(err, f"cannot write checkpoint {target} ({type(e).__name__}: {e}); nothing of it was kept, "
-                           "earlier checkpoints are untouched (is the disk full?)") from e
+        try:
+            free = f"{shutil.disk_usage(Path(target).parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        message = (f"cannot write checkpoint {target} ({type(e).__name__}: {e}); nothing of it was kept, earlier "
+                   f"checkpoints are untouched (is the disk full? {free})")
+        raise (OSError(e.errno, message) if isinstance(e, OSError) and e.errno else OSError(message)) from e

@@ -76,9 +76,11 @@ class KilledAtStep(JSONLMetricLogger):
         super().log_dict(payload, step)
 
 
-def killed_during_save(n: int) -> None:
-    """``tune run`` (arguments from ``sys.argv``) in this process, SIGKILLed in the middle of
-    its ``n``-th checkpoint write: the weights file half written, nothing renamed yet."""
+def failing_save(n: int, how: str) -> None:
+    """``tune run`` (arguments from ``sys.argv``) in this process, its ``n``-th checkpoint write
+    failing with the weights file half written: ``kill`` SIGKILLs the process there, nothing
+    renamed yet; ``disk-full`` raises ENOSPC there, as a write to a full disk does."""
+    import errno
     import signal
     import sys
 
@@ -94,17 +96,19 @@ def killed_during_save(n: int) -> None:
         if len(calls) == n:
             weights = target / "model.safetensors"
             weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-            os.kill(os.getpid(), signal.SIGKILL)
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(weights))
 
     checkpoint.write_model_dir = write_model_dir
     sys.argv = ["tune", *sys.argv[1:]]
     main()
 
 
-if __name__ == "__main__":  # python -m tests.recipes.faults kill-during-save N run RECIPE --config ...
+if __name__ == "__main__":  # python -m tests.recipes.faults {kill,disk-full}-during-save N run RECIPE --config ...
     import sys
 
-    assert sys.argv[1] == "kill-during-save"
+    how = {"kill-during-save": "kill", "disk-full-during-save": "disk-full"}[sys.argv[1]]
     n = int(sys.argv[2])
     del sys.argv[1:3]
-    killed_during_save(n)
+    failing_save(n, how)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from jsd_loss.checkpointing import load_state_dict
+from jsd_loss.checkpointing import load_state_dict, verify_directory
+from jsd_loss.training import latest_checkpoint
 from tests.conftest import REPO, SINGLE_DEVICE, TINY, clean_env, metrics, tiny_config, tune_run
 from tests.recipes.test_jsd_distill_distributed import tune_run_distributed
 from tests.jsd_loss.training.test_checkpoint import plant_payload
@@ -102,7 +103,8 @@ def test_only_the_last_step_checkpoints_are_kept(clean_run):
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_resumable(tmp_path, tiny_dirs, clean_run):
     cfg = tiny_config(tmp_path, *tiny_dirs, **STEPS)
     proc = subprocess.run(  # SIGKILLed with step_3's weights half written
-        [sys.executable, "-m", "tests.recipes.faults", "kill-during-save", "3", "run", SINGLE_DEVICE, "--config", str(cfg)],
+        [sys.executable, "-m", "tests.recipes.faults", "kill-during-save", "3", "run", SINGLE_DEVICE,
+         "--config", str(cfg)],
         cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600,
     )
     out = tmp_path / "out"
@@ -115,6 +117,23 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_resumable(tmp_
     assert_same_weights(out / "final", clean_run / "final")
     assert metrics(out)[2]["loss"] == pytest.approx(metrics(clean_run)[2]["loss"], rel=1e-6)
     assert sorted(p.name for p in out.iterdir()) == ["final", "logs", "step_2", "step_3"]  # leftover removed
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, tiny_dirs, clean_run):
+    cfg = tiny_config(tmp_path, *tiny_dirs, **STEPS)
+    proc = subprocess.run(  # ENOSPC with step_3's weights half written
+        [sys.executable, "-m", "tests.recipes.faults", "disk-full-during-save", "3", "run", SINGLE_DEVICE,
+         "--config", str(cfg)], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600,
+    )
+    out = tmp_path / "out"
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"OSError: [Errno 28] cannot write checkpoint {out / 'step_3'} (OSError: [Errno 28] No space left on device" in proc.stderr
+    assert "nothing of it was kept, earlier checkpoints are untouched (is the disk full? " in proc.stderr
+    # nothing half-written is left; no checkpoint was pruned for the one that failed
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "step_1", "step_2"]
+    assert verify_directory(out / "step_2")  # its weights and recipe state, by their checksums
+    assert_same_weights(out / "step_2", clean_run / "step_2")
+    assert latest_checkpoint(out, seed=42)[0] == out / "step_2"  # what a resume would read (seed: the config's)
 
 
 def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, tiny_dirs, clean_run):
