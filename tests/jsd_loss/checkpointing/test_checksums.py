@@ -16,6 +16,7 @@ from jsd_loss.checkpointing import (
     write_checksums,
     write_model_dir,
 )
+from tests.fuzz import check, fuzz
 
 WEIGHTS = {"a": torch.arange(64, dtype=torch.float32).reshape(8, 8), "b": torch.ones(3)}
 
@@ -76,3 +77,13 @@ def test_a_directory_without_checksums_still_loads(tmp_path):
     save_file(WEIGHTS, str(d / "model.safetensors"))
     assert verify_directory(d) is False
     assert torch.equal(load_state_dict(d)["a"], WEIGHTS["a"])
+
+
+def test_fuzzed_safetensors_are_refused_naming_the_file_or_caught_by_the_checksum(tmp_path):
+    """Cuts and bit flips (seeded): without the checksum a cut or a broken header is refused by
+    the reader, a flip in tensor data loads silently different; with it, every one is refused."""
+    torch.manual_seed(0)
+    with atomic_directory(tmp_path / "m") as tmp:
+        write_model_dir(tmp, {"w": torch.randn(16, 8), "b": torch.randn(8)}, {"x": 1})
+    counts = check(fuzz("safetensors", tmp_path / "m", "model.safetensors", seed=0, flips=40), cuts_always_refused=True)
+    assert counts["different"] > 0 and counts["error"] > 0, counts  # both regions were hit
