@@ -37,7 +37,7 @@
 #     for an exact mid-epoch resume (refused, naming the key, when the config changes the data
 #     order, schedule or model; every rank's CPU and CUDA RNG restored; a LoRA/DoRA student's
 #     adapters saved in the recipe state and restored onto its original frozen base), sha256
-#     checksums verified on resume, only the last ``keep_last_n_checkpoints`` (default 2)
+#     checksums written, and verified at setup and on resume, only the last ``keep_last_n_checkpoints`` (default 2)
 #     step_N kept; an earlier run there is never replaced silently.
 
 import shutil

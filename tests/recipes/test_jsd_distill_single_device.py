@@ -151,7 +151,7 @@ def test_packed_rows_train_the_same_step_as_the_rows_unpacked(tmp_path, tiny_dir
 
 
 # a LoRA student's run, merged HF checkpoints and exact resume:
-# tests/recipes/test_reliability.py::test_a_killed_adapter_student_resumes_exactly
+# tests/recipes/test_reliability.py::test_a_killed_lora_student_resumes_exactly
 
 
 def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir):
