@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from jsd_loss.checkpointing._checksums import verify_directory, write_checksums
 from jsd_loss.checkpointing._fs import exchange, fsync_dir, fsync_file
 
 CONFIG_FILE = "config.json"
@@ -58,9 +59,17 @@ def weight_files(model_dir: Path) -> list:
 
 
 def load_state_dict(model_dir: Path) -> Dict[str, torch.Tensor]:
-    """All tensors of a HF model directory, merged across shards."""
+    """All tensors of a HF model directory, merged across shards; the files that its
+    ``checksums.json`` lists (when it has one: directories written here do) verified first.
+
+    Raises:
+        ValueError: naming the file, if a weight file is not readable safetensors or differs
+            from its recorded checksum (:class:`~jsd_loss.checkpointing.ChecksumError`).
+    """
+    files = weight_files(model_dir)
+    verify_directory(model_dir)
     state_dict: Dict[str, torch.Tensor] = {}
-    for path in weight_files(model_dir):
+    for path in files:
         try:
             state_dict.update(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as e:
@@ -117,7 +126,8 @@ def write_model_dir(
     copy_files: Iterable[str] = TOKENIZER_FILES,
     extra_json: Optional[Dict[str, dict]] = None,
 ) -> None:
-    """Write ``config.json``, ``model.safetensors`` and companions into ``target``.
+    """Write ``config.json``, ``model.safetensors`` (its size and SHA-256 in
+    ``checksums.json``) and companions into ``target``.
 
     Meant to be called on the directory yielded by :func:`atomic_directory`.
     """
@@ -125,6 +135,7 @@ def write_model_dir(
     (target / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     contiguous = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     save_file(contiguous, str(target / WEIGHTS_FILE), metadata={"format": "pt"})
+    write_checksums(target, [WEIGHTS_FILE])
     if copy_from is not None:
         for name in copy_files:
             src = Path(copy_from) / name

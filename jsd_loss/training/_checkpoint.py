@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+from safetensors import SafetensorError
 from torchtune import training
 from torchtune.modules.peft import get_merged_lora_ckpt
 
-from jsd_loss.checkpointing import atomic_directory, write_model_dir
+from jsd_loss.checkpointing import ChecksumError, atomic_directory, verify_directory, write_checksums, write_model_dir
 from jsd_loss.training._models import LoRA
 
 RECIPE_STATE = "recipe_state.pt"
@@ -73,7 +74,8 @@ def latest_checkpoint(output_dir: Path, seed: int) -> Tuple[Path, Dict[str, Any]
 
     Raises:
         FileNotFoundError: if there is none.
-        ValueError: if its recipe state holds code or is unreadable (naming the file).
+        ValueError: if its recipe state holds code or is unreadable, or a file differs from
+            its recorded checksum (naming the file).
         ValueError: if it was trained with another seed (the data order would differ).
     """
     steps = sorted(
@@ -84,6 +86,10 @@ def latest_checkpoint(output_dir: Path, seed: int) -> Tuple[Path, Dict[str, Any]
             f"resume_from_checkpoint=True but {output_dir} has no step_N checkpoint with {RECIPE_STATE}"
         )
     path = steps[-1][1]
+    try:
+        verify_directory(path)  # weights and recipe state, when the checkpoint has checksums
+    except ChecksumError as e:
+        raise ChecksumError(f"cannot resume from {path}: {e}; remove {path} to resume from the one before it") from None
     state = read_recipe_state(path / RECIPE_STATE)
     if state[training.SEED_KEY] != seed:
         raise ValueError(f"checkpoint {path} was trained with seed {state[training.SEED_KEY]}, config has {seed}")
@@ -127,10 +133,15 @@ def prune_checkpoints(output_dir: Path, keep: Optional[int]) -> List[str]:
 def merged_hf_state_dict(
     state_dict: StateDict, lora: Optional[LoRA], to_hf: Callable[[StateDict], StateDict]
 ) -> StateDict:
-    """A torchtune state dict (on CPU) as HF weights: LoRA merged into the base weights
-    (in place), then converted by the model family's ``to_hf``."""
+    """A torchtune state dict (on CPU) as HF weights: LoRA merged into copies of the base
+    weights, then converted by the model family's ``to_hf``. ``state_dict`` is left as it
+    was: on CPU its tensors are the live model's (torchtune's merge adds in place, which
+    would fold the adapters into the frozen base of the model being trained)."""
     if lora is not None:
-        state_dict = get_merged_lora_ckpt(state_dict, rank=lora.rank, alpha=lora.alpha)
+        merged = {k.rsplit(".lora_a.", 1)[0] + ".weight" for k in state_dict if ".lora_a." in k}
+        state_dict = get_merged_lora_ckpt(
+            {k: (v.clone() if k in merged else v) for k, v in state_dict.items()}, rank=lora.rank, alpha=lora.alpha
+        )
     return to_hf(state_dict)
 
 
@@ -142,8 +153,24 @@ def write_checkpoint(
     recipe_state: Optional[Dict[str, Any]] = None,
 ) -> None:
     """Write ``target`` as a HF model directory (tokenizer files copied from ``copy_from``),
-    with ``recipe_state.pt`` when given; atomically, replacing an earlier ``target``."""
-    with atomic_directory(target, overwrite=True) as tmp:
-        write_model_dir(tmp, hf_state_dict, hf_config, copy_from=copy_from)
-        if recipe_state is not None:
-            torch.save(recipe_state, tmp / RECIPE_STATE)
+    with ``recipe_state.pt`` when given (both in ``checksums.json``); atomically, replacing an
+    earlier ``target``.
+
+    Raises:
+        OSError: naming ``target``, if a write fails (a full disk): nothing of it is left
+            behind and an earlier ``target`` and every other checkpoint are untouched.
+    """
+    try:
+        with atomic_directory(target, overwrite=True) as tmp:
+            write_model_dir(tmp, hf_state_dict, hf_config, copy_from=copy_from)
+            if recipe_state is not None:
+                torch.save(recipe_state, tmp / RECIPE_STATE)
+                write_checksums(tmp, [RECIPE_STATE])
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save and safetensors wrap the OS error
+        try:
+            free = f"{shutil.disk_usage(Path(target).parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        message = (f"cannot write checkpoint {target} ({type(e).__name__}: {e}); nothing of it was kept, earlier "
+                   f"checkpoints are untouched (is the disk full? {free})")
+        raise (OSError(e.errno, message) if isinstance(e, OSError) and e.errno else OSError(message)) from e

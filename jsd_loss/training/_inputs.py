@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 from omegaconf import DictConfig
 from torch import nn
 
-from jsd_loss.checkpointing import read_config
+from jsd_loss.checkpointing import read_config, verify_directory
 
 
 def check_checkpoint_files(ckpt: DictConfig, who: str) -> None:
@@ -20,7 +20,8 @@ def check_checkpoint_files(ckpt: DictConfig, who: str) -> None:
 
 def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, dict]:
     """``config.json`` of the student's and the teacher's checkpoint directories, once their
-    checkpoint files exist and the two agree on vocabulary and tokenizer.
+    checkpoint files exist, match their ``checksums.json`` (directories written here have one;
+    hashing is about 1 GB/s) and the two agree on vocabulary and tokenizer.
 
     Args:
         student (DictConfig): the student's checkpointer config (``checkpoint_dir``,
@@ -29,11 +30,17 @@ def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, d
 
     Returns:
         Tuple[dict, dict]: the student's and the teacher's ``config.json``.
+
+    Raises:
+        ValueError: naming the file, for a weight file that differs from its recorded checksum,
+            and for a vocabulary or tokenizer mismatch.
     """
     student_dir, teacher_dir = Path(student.checkpoint_dir), Path(teacher.checkpoint_dir)
     student_cfg, teacher_cfg = read_config(student_dir), read_config(teacher_dir)
     check_checkpoint_files(student, "student")
     check_checkpoint_files(teacher, "teacher")
+    verify_directory(student_dir)  # torchtune's checkpointer reads safetensors unverified
+    verify_directory(teacher_dir)
     if student_cfg.get("vocab_size") != teacher_cfg.get("vocab_size"):
         raise ValueError(
             f"vocab mismatch: student ({student_dir}) has vocab_size {student_cfg.get('vocab_size')}, "

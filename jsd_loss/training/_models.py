@@ -75,20 +75,27 @@ def setup_student(
     activation_checkpointing: bool,
     on_meta: bool = False,
     load: LoadFn = load_in_place,
+    adapters: Optional[Dict[str, torch.Tensor]] = None,
 ) -> Tuple[nn.Module, Optional[LoRA]]:
     """The student, full-parameter or LoRA (adapters only trainable, drawn from ``seed``),
     with the checkpoint's weights (DoRA magnitudes computed from them, as torchtune's LoRA
     recipes do, so a DoRA student starts as the checkpoint's model); ``on_meta`` builds the frozen base on the meta device
-    for a ``load`` that materialises it (FSDP2).
+    for a ``load`` that materialises it (FSDP2). ``adapters`` (a resumed run's, every
+    adapter tensor) are loaded instead of drawn, DoRA magnitudes included.
 
     Returns:
         Tuple[nn.Module, Optional[LoRA]]: the model and its adapters (None: full-parameter).
 
     Raises:
-        ValueError: if the checkpoint lacks weights the model needs, or has extra ones.
+        ValueError: if the checkpoint lacks weights the model needs, or has extra ones, or
+            ``adapters`` are not the model's.
     """
     model = build_model(cfg_model, torch.device("meta") if on_meta else device, dtype)
     adapter_params = get_adapter_params(model)
+    if adapters is not None:
+        if set(adapters) != set(adapter_params):
+            raise ValueError(f"the saved adapters are not the student's: {sorted(set(adapters) ^ set(adapter_params))[:3]}")
+        state_dict = {**state_dict, **adapters}
     lora = None
     if adapter_params:
         lora = LoRA(adapter_params, rank=cfg_model.lora_rank, alpha=cfg_model.lora_alpha)
@@ -105,7 +112,7 @@ def setup_student(
         )
     with torch.no_grad():  # DoRA: magnitudes of the loaded weights, so the student starts as the checkpoint
         for m in model.modules():
-            if hasattr(m, "initialize_dora_magnitude"):
+            if adapters is None and hasattr(m, "initialize_dora_magnitude"):
                 m.initialize_dora_magnitude()
     return model, lora
 

@@ -22,12 +22,16 @@ _WHY = {
     "dataset": "the rows and their order",
     "tokenizer.max_seq_len": "the tokenized rows",
     "model_shape": "the model the checkpoint holds",
+    "adapters": "the student's LoRA/DoRA adapters (modules, rank, alpha)",
 }
 
 
-def run_identity(cfg: DictConfig, world_size: int, model_shape: Dict[str, Any]) -> Dict[str, Any]:
+def run_identity(
+    cfg: DictConfig, world_size: int, model_shape: Dict[str, Any], adapters: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
     """The settings of this run that a resume must keep (plain values: the recipe state is
-    read with ``weights_only=True``)."""
+    read with ``weights_only=True``); ``adapters``: the student's
+    :func:`~jsd_loss.training.adapter_identity` (None: full-parameter)."""
     return {
         "world_size": world_size,
         "batch_size": cfg.batch_size,
@@ -38,6 +42,7 @@ def run_identity(cfg: DictConfig, world_size: int, model_shape: Dict[str, Any]) 
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
         "tokenizer.max_seq_len": OmegaConf.select(cfg, "tokenizer.max_seq_len", default=None),
         "model_shape": dict(model_shape),
+        "adapters": adapters,
     }
 
 

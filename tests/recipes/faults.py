@@ -1,5 +1,6 @@
 """Fault injection for the recipe tests: config components that fail on one rank only, give
-NaN losses or empty micro-batches."""
+NaN losses or empty micro-batches, or SIGKILL the run; a checkpoint write killed or failing
+(disk full) part-way."""
 
 import os
 
@@ -8,6 +9,7 @@ from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 from torchtune.modules.loss import CEWithChunkedOutputLoss
 
 from jsd_loss.datasets import dolly_dataset
+from jsd_loss.training import JSONLMetricLogger
 from jsd_loss.models.smollm2 import smollm2_tokenizer
 
 
@@ -56,9 +58,29 @@ def dolly_with_empty_batches(tokenizer, **kwargs):
     return _WithEmptyPairs(dolly_dataset(tokenizer, **kwargs))
 
 
-def killed_during_save(n: int) -> None:
-    """``tune run`` (arguments from ``sys.argv``) in this process, SIGKILLed in the middle of
-    its ``n``-th checkpoint write: the weights file half written, nothing renamed yet."""
+class KilledAtStep(JSONLMetricLogger):
+    """The recipe's metric logger, which SIGKILLs its process when asked to log step
+    ``kill_at_step`` (after that step's optimizer step, before its checkpoint): a run killed
+    mid-training, at a known step. Only rank 0 logs; under torchrun the other ranks are then
+    stopped by the launcher."""
+
+    def __init__(self, kill_at_step: int, **kwargs):
+        super().__init__(**kwargs)
+        self.kill_at_step = kill_at_step
+
+    def log_dict(self, payload, step: int) -> None:
+        if step == self.kill_at_step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().log_dict(payload, step)
+
+
+def failing_save(n: int, how: str) -> None:
+    """``tune run`` (arguments from ``sys.argv``) in this process, its ``n``-th checkpoint write
+    failing with the weights file half written: ``kill`` SIGKILLs the process there, nothing
+    renamed yet; ``disk-full`` raises ENOSPC there, as a write to a full disk does."""
+    import errno
     import signal
     import sys
 
@@ -74,17 +96,19 @@ def killed_during_save(n: int) -> None:
         if len(calls) == n:
             weights = target / "model.safetensors"
             weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-            os.kill(os.getpid(), signal.SIGKILL)
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(weights))
 
     checkpoint.write_model_dir = write_model_dir
     sys.argv = ["tune", *sys.argv[1:]]
     main()
 
 
-if __name__ == "__main__":  # python -m tests.recipes.faults kill-during-save N run RECIPE --config ...
+if __name__ == "__main__":  # python -m tests.recipes.faults {kill,disk-full}-during-save N run RECIPE --config ...
     import sys
 
-    assert sys.argv[1] == "kill-during-save"
+    how = {"kill-during-save": "kill", "disk-full-during-save": "disk-full"}[sys.argv[1]]
     n = int(sys.argv[2])
     del sys.argv[1:3]
-    killed_during_save(n)
+    failing_save(n, how)

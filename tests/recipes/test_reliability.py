@@ -8,9 +8,11 @@ import sys
 
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 
-from jsd_loss.checkpointing import load_state_dict
-from tests.conftest import REPO, SINGLE_DEVICE, clean_env, metrics, tiny_config, tune_run
+from jsd_loss.checkpointing import load_state_dict, verify_directory
+from jsd_loss.training import latest_checkpoint
+from tests.conftest import REPO, SINGLE_DEVICE, TINY, clean_env, metrics, tiny_config, tune_run
 from tests.jsd_loss.training.test_checkpoint import plant_payload
 
 
@@ -100,7 +102,8 @@ def test_only_the_last_step_checkpoints_are_kept(clean_run):
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_resumable(tmp_path, tiny_dirs, clean_run):
     cfg = tiny_config(tmp_path, *tiny_dirs, **STEPS)
     proc = subprocess.run(  # SIGKILLed with step_3's weights half written
-        [sys.executable, "-m", "tests.recipes.faults", "kill-during-save", "3", "run", SINGLE_DEVICE, "--config", str(cfg)],
+        [sys.executable, "-m", "tests.recipes.faults", "kill-during-save", "3", "run", SINGLE_DEVICE,
+         "--config", str(cfg)],
         cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600,
     )
     out = tmp_path / "out"
@@ -115,6 +118,23 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_resumable(tmp_
     assert sorted(p.name for p in out.iterdir()) == ["final", "logs", "step_2", "step_3"]  # leftover removed
 
 
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, tiny_dirs, clean_run):
+    cfg = tiny_config(tmp_path, *tiny_dirs, **STEPS)
+    proc = subprocess.run(  # ENOSPC with step_3's weights half written
+        [sys.executable, "-m", "tests.recipes.faults", "disk-full-during-save", "3", "run", SINGLE_DEVICE,
+         "--config", str(cfg)], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600,
+    )
+    out = tmp_path / "out"
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"OSError: [Errno 28] cannot write checkpoint {out / 'step_3'} (OSError: [Errno 28] No space left on device" in proc.stderr
+    assert "nothing of it was kept, earlier checkpoints are untouched (is the disk full? " in proc.stderr
+    # nothing half-written is left; no checkpoint was pruned for the one that failed
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "step_1", "step_2"]
+    assert verify_directory(out / "step_2")  # its weights and recipe state, by their checksums
+    assert_same_weights(out / "step_2", clean_run / "step_2")
+    assert latest_checkpoint(out, seed=42)[0] == out / "step_2"  # what a resume would read (seed: the config's)
+
+
 def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, tiny_dirs, clean_run):
     shutil.copytree(clean_run, tmp_path / "out")
     cfg = tiny_config(tmp_path, *tiny_dirs, **{**STEPS, "batch_size": 4, "dataset.max_rows": 6})
@@ -126,3 +146,47 @@ def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, tiny_dirs, cl
     assert "'max_rows': 8" in text and "'max_rows': 6" in text
     assert "Student model" not in text  # refused before any model was built
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["final", "logs", "step_2", "step_3"]
+
+
+ADAPTER_MODEL = {"_component_": "jsd_loss.models.smollm2.lora_smollm2", "lora_attn_modules": ["q_proj", "v_proj"],
+                 "apply_lora_to_mlp": True, "lora_rank": 4, "lora_alpha": 8, **TINY}
+KILLED = {"metric_logger._component_": "tests.recipes.faults.KilledAtStep", "metric_logger.kill_at_step": 3}
+
+
+def kill_and_resume(run, tmp_path, tiny_dirs, common, reference, dora):
+    """``run`` (one device or two ranks) with ``common`` SIGKILLed after its step-3 update
+    (step_2 its last checkpoint), resumed, and compared with the uninterrupted ``reference``
+    run's output dir (same config): losses, grad norms, adapters and final weights."""
+    cfg = tiny_config(tmp_path, *tiny_dirs, **common, **KILLED)
+    proc = run(cfg, check=False)
+    out = tmp_path / "out"
+    assert proc.returncode != 0 and sorted(p.name for p in out.glob("step_*")) == ["step_1", "step_2"]
+    assert len(metrics(out)) == 2  # step 3 trained, not logged, not saved
+
+    run(cfg, "resume_from_checkpoint=True", "metric_logger._component_=jsd_loss.training.JSONLMetricLogger")
+    got, want = metrics(out), metrics(reference)
+    assert [r["step"] for r in got] == [r["step"] for r in want] and len(got) > 3
+    for a, b in zip(got, want):
+        for key in ("loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-8), (a["step"], key)
+    assert_same_weights(out / "final", reference / "final")
+    last = f"step_{len(got)}"
+    assert_same_weights(out / last, reference / last)
+    saved, expected = (torch.load(d / last / "recipe_state.pt", weights_only=True)["adapters"] for d in (out, reference))
+    assert sorted(saved) == sorted(expected) and any("magnitude" in k for k in saved) == dora
+    for k, v in expected.items():
+        torch.testing.assert_close(saved[k], v, rtol=1e-6, atol=1e-7, msg=k)
+    # merged: standard HF directories, that transformers loads
+    assert not any("lora" in k or "magnitude" in k for k in load_state_dict(out / "final"))
+    LlamaForCausalLM.from_pretrained(str(out / last))
+
+
+def test_a_killed_lora_student_resumes_exactly(tmp_path, tiny_dirs):
+    """A LoRA student SIGKILLed mid-run and resumed gives the uninterrupted run's losses and
+    final weights: the adapters and their AdamW moments come back, on the original frozen base
+    (which the step checkpoints' merges must leave as it was). DoRA on two ranks:
+    tests/recipes/test_jsd_distill_distributed.py::test_a_killed_dora_student_on_two_ranks_resumes_exactly."""
+    common = {**STEPS, "max_steps_per_epoch": 4, "model": ADAPTER_MODEL, "lr_scheduler.num_warmup_steps": 1}
+    (tmp_path / "ref").mkdir(), (tmp_path / "killed").mkdir()
+    tune_run(tiny_config(tmp_path / "ref", *tiny_dirs, **common, keep_last_n_checkpoints=None))
+    kill_and_resume(tune_run, tmp_path / "killed", tiny_dirs, common, tmp_path / "ref" / "out", dora=False)

@@ -67,7 +67,7 @@ def test_replacing_a_directory_keeps_a_complete_one_on_disk_throughout(tmp_path,
     assert names[first_rename - 1] == ("fsync_dir", str(tmp))
     removal = next(i for i, (n, _) in enumerate(names) if n == "rmtree")
     assert ("fsync_dir", str(tmp_path)) in names[first_rename:removal]
-    assert len([n for n, _ in names if n == "fsync_file"]) == 2  # config.json, model.safetensors
+    assert len([n for n, _ in names if n == "fsync_file"]) == 3  # config.json, model.safetensors, checksums.json
 
 
 def test_a_kill_after_the_swap_leaves_the_new_directory(tmp_path, monkeypatch):

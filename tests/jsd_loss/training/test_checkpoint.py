@@ -130,3 +130,41 @@ def test_merged_lora_checkpoint_is_the_model_it_was_trained_as(tmp_path, tokeniz
     merged = smollm2_from_hf(str(out))
     torch.testing.assert_close(merged(tokens), expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(smollm2_from_hf(str(src))(tokens), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("too_big", ["weights", "recipe_state"])
+def test_a_write_the_os_refuses_keeps_the_earlier_checkpoint(tmp_path, too_big):
+    """A real failing write (the file-size limit makes write(2) fail with EFBIG part-way, as a
+    full disk fails with ENOSPC), in safetensors' Rust writer or in torch.save: a clear error
+    naming the checkpoint, the earlier one untouched, nothing half-written left."""
+    import resource
+    import signal
+
+    small, big = {"w": torch.ones(4)}, {"w": torch.ones(1 << 18)}  # 1 MiB
+    weights, state = (big, {"x": torch.ones(4)}) if too_big == "weights" else (small, {"x": torch.ones(1 << 18)})
+    write_checkpoint(tmp_path / "step_1", small, {"v": 1}, tmp_path, {"step": 1})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "step_1").iterdir()}
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, limits[1]))
+    try:
+        with pytest.raises(OSError, match=rf"^cannot write checkpoint {tmp_path / 'step_1'} \(.*\); nothing of it was "
+                                          r"kept, earlier checkpoints are untouched \(is the disk full\? \d+ MiB free there\)"):
+            write_checkpoint(tmp_path / "step_1", weights, {"v": 2}, tmp_path, state)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "step_1").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_1"]
+
+
+def test_resume_refuses_a_corrupted_step_checkpoint_naming_the_file(tmp_path):
+    write_checkpoint(tmp_path / "step_1", {"w": torch.ones(4)}, {"v": 1}, tmp_path,
+                     {training.SEED_KEY: 0, "global_step": 1, "m": torch.ones(64)})
+    assert latest_checkpoint(tmp_path, seed=0)[1]["global_step"] == 1
+    state = tmp_path / "step_1" / RECIPE_STATE
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one bit in the middle: torch.load alone may not notice
+    state.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"cannot resume from {tmp_path / 'step_1'}: {state} is corrupted: its sha256 "
+                                         rf".*; remove {tmp_path / 'step_1'} to resume from the one before it"):
+        latest_checkpoint(tmp_path, seed=0)
