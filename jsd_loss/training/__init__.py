@@ -1,6 +1,7 @@
 """What the recipes share: model and adapter setup, model shapes against checkpoints, input
-and config-key checks, precision, data loading, the KD step, feature distillation, run
-directories and checkpoints, saving by model family, peak memory, metric logging."""
+and config-key checks, precision, data loading, the KD step, feature distillation, on-policy
+(generated) batches, run directories and checkpoints, saving by model family, peak memory,
+metric logging."""
 
 from jsd_loss.training._checkpoint import (
     DEFAULT_KEEP_LAST_N,
@@ -45,6 +46,14 @@ from jsd_loss.training._models import (
     setup_student,
     setup_teacher,
 )
+from jsd_loss.training._on_policy import (
+    ON_POLICY_STATE,
+    OnPolicy,
+    batch_prompts,
+    generated_batch,
+    setup_on_policy,
+)
+from jsd_loss.training._on_policy_config import OnPolicyConfig, check_prompts, on_policy_config, prompt_length
 from jsd_loss.training._nonfinite import DEFAULT_MAX_SKIPPED_STEPS, NonFiniteSteps, loss_labels
 from jsd_loss.training._precision import Precision, precision_from_config
 from jsd_loss.training._resume import RNG_KEY, RUN_KEY, check_resume, rng_state, run_identity, set_rng_state
@@ -86,6 +95,9 @@ __all__ = [
     "LoRA",
     "NOT_IMPLEMENTED",
     "NonFiniteSteps",
+    "ON_POLICY_STATE",
+    "OnPolicy",
+    "OnPolicyConfig",
     "Precision",
     "RECIPE_STATE",
     "RNG_KEY",
@@ -93,6 +105,7 @@ __all__ = [
     "SHAPE_KEYS",
     "SHARDING_ONLY",
     "TARGETS",
+    "batch_prompts",
     "batch_teacher",
     "build_dataloader",
     "cache_identity",
@@ -105,9 +118,11 @@ __all__ = [
     "checked_keep_last_n",
     "checked_meta_model",
     "check_models_agree",
+    "check_prompts",
     "earlier_run",
     "feature_config",
     "feature_map",
+    "generated_batch",
     "hf_config_shape",
     "hf_converter",
     "hidden_state_output",
@@ -122,10 +137,12 @@ __all__ = [
     "merged_hf_state_dict",
     "model_shape",
     "num_trainable",
+    "on_policy_config",
     "open_teacher_cache",
     "output_weight",
     "peak_memory_gib",
     "precision_from_config",
+    "prompt_length",
     "prune_checkpoints",
     "read_metrics",
     "read_pruning_manifest",
@@ -138,6 +155,7 @@ __all__ = [
     "run_rows",
     "setup_feature_distillation",
     "setup_losses",
+    "setup_on_policy",
     "setup_student",
     "set_rng_state",
     "setup_teacher",
