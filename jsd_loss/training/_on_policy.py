@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from jsd_loss.generation import generate
-from jsd_loss.training._on_policy_config import OnPolicyConfig, check_prompts, prompt_length
+from jsd_loss.training._on_policy_config import OnPolicyConfig, check_prompts, prompt_fits, prompt_length
 from jsd_loss.training._teacher_cache import run_rows
 
 ON_POLICY_STATE = "on_policy_rng"  # key of the recipe state: one {"coin", "sampler"} per rank
@@ -85,7 +85,7 @@ class OnPolicy:
         self._max_seq_len, self._ignore_index, self._device, self._dtypes = max_seq_len, ignore_index, device, dtypes
         self._samples_path = samples_path if config.log_samples else None
         self.kind, self.step = "data", 0
-        self._seconds, self._tokens, self._micro_batch = 0.0, 0, 0
+        self._seconds, self._tokens, self._micro_batch, self._skipped = 0.0, 0, 0, 0
 
     # ------------------------------------------------------------------ per step
 
@@ -93,7 +93,7 @@ class OnPolicy:
         """Decide optimizer step ``step`` (1-based): ``"student"`` (with probability lmbda),
         else ``"teacher"`` with ``seq_kd``, else ``"data"``. One coin draw per step when
         lmbda > 0, none otherwise."""
-        self.step, self._seconds, self._tokens, self._micro_batch = step, 0.0, 0, 0
+        self.step, self._seconds, self._tokens, self._micro_batch, self._skipped = step, 0.0, 0, 0, 0
         c = self.config
         if c.lmbda > 0 and torch.rand((), generator=self.coin, dtype=torch.float64).item() < c.lmbda:
             self.kind = "student"
@@ -119,17 +119,27 @@ class OnPolicy:
         start = time.perf_counter()
         prompts, row_ids = batch_prompts(batch, self._ignore_index)
         c = self.config
-        budgets = [min(c.max_new_tokens, self._max_seq_len - len(p)) for p in prompts]
+        fits = [prompt_fits(len(p), self._max_seq_len) for p in prompts]
+        if not all(fits) and c.long_prompts == "error":  # the setup check makes this unreachable
+            raise ValueError(f"on_policy: a prompt of row {row_ids[fits.index(False)]} leaves no room to generate "
+                             f"within max_seq_len={self._max_seq_len}")
+        # a row that does not fit still takes part (a one-token prompt, one token, dropped), so
+        # every rank's batch generates (FSDP's forwards are collectives); it stays without label
+        prompts = [p if ok else p[:1] for p, ok in zip(prompts, fits)]
+        budgets = [min(c.max_new_tokens, self._max_seq_len - len(p)) if ok else 1 for p, ok in zip(prompts, fits)]
         out = generate(model, prompts, max_new_tokens=c.max_new_tokens, budgets=budgets,
                        stop_tokens=self._stop_tokens, generator=self.sampler, dtype=dtype, device=self._device,
                        temperature=c.temperature, top_k=c.top_k, pad_id=self._pad_id, all_done=all_done)
+        out = [g if ok else [] for g, ok in zip(out, fits)]
         self._seconds += time.perf_counter() - start
         self._tokens += sum(map(len, out))
+        self._skipped += fits.count(False)
         if self._samples_path is not None:
             with open(self._samples_path, "a") as f:
                 for rid, p, g in zip(row_ids, prompts, out):
-                    f.write(json.dumps({"step": self.step, "micro_batch": self._micro_batch - 1, "by": self.kind,
-                                        "row_id": rid, "prompt": p, "generated": g}) + "\n")
+                    if g:
+                        f.write(json.dumps({"step": self.step, "micro_batch": self._micro_batch - 1,
+                                            "by": self.kind, "row_id": rid, "prompt": p, "generated": g}) + "\n")
         return generated_batch(prompts, out, row_ids, pad_id=self._pad_id, ignore_index=self._ignore_index,
                                device=self._device)
 
@@ -142,12 +152,15 @@ class OnPolicy:
     def metrics(self) -> Dict[str, float]:
         """This step's record: ``on_policy`` (1: the student's samples), ``seq_kd`` (1: the
         teacher's; only with seq_kd), and this process's ``generated_tokens``,
-        ``generation_seconds`` and ``generation_tokens_per_second``."""
+        ``generation_seconds``, ``generation_tokens_per_second`` and (with ``long_prompts:
+        skip``) ``skipped_prompts``, rows left out for want of room."""
         record = {"on_policy": float(self.kind == "student"), "generated_tokens": float(self._tokens),
                   "generation_seconds": self._seconds,
                   "generation_tokens_per_second": self._tokens / self._seconds if self._seconds else 0.0}
         if self.config.seq_kd:
             record["seq_kd"] = float(self.kind == "teacher")
+        if self.config.long_prompts == "skip":
+            record["skipped_prompts"] = float(self._skipped)
         return record
 
     # ------------------------------------------------------------------ resume
@@ -187,7 +200,7 @@ def setup_on_policy(config: Optional[OnPolicyConfig], cfg: Any, dataset: Any, to
     if config is None:
         return None
     max_seq_len = cfg.tokenizer.get("max_seq_len", None)
-    if config.active:
+    if config.active and config.long_prompts == "error":
         rows = run_rows(cfg, dataset, world_size)
         check_prompts(dataset, rows, max_seq_len=max_seq_len, ignore_index=ignore_index)
         if log is not None:

@@ -26,6 +26,10 @@ class OnPolicyConfig:
             generated tokens trains ``kd_ratio * KD`` alone). Default: False
         log_samples (bool): write every generated row to ``<log_dir>/samples.jsonl``
             (rank 0's). Default: False
+        long_prompts (str): a row whose prompt leaves no room to generate within
+            ``tokenizer.max_seq_len`` (the tokenizer truncated it): ``"error"`` refuses the run
+            at setup, naming the rows; ``"skip"`` leaves such rows out of generated steps (they
+            train on data steps only). Default: "error"
     """
 
     lmbda: float = 0.0
@@ -35,6 +39,7 @@ class OnPolicyConfig:
     seq_kd: bool = False
     ce_on_generated: bool = False
     log_samples: bool = False
+    long_prompts: str = "error"
 
     @property
     def active(self) -> bool:
@@ -84,6 +89,8 @@ def on_policy_config(cfg: DictConfig) -> Optional[OnPolicyConfig]:
     for key in ("seq_kd", "ce_on_generated", "log_samples"):
         if not isinstance(getattr(c, key), bool):
             raise ValueError(f"on_policy.{key} must be True or False, got {getattr(c, key)!r}")
+    if c.long_prompts not in ("error", "skip"):
+        raise ValueError(f"on_policy.long_prompts must be 'error' or 'skip', got {c.long_prompts!r}")
     if not c.active:
         return c
     keys = _generating_keys(c)
@@ -117,11 +124,17 @@ def prompt_length(labels: Sequence[int], ignore_index: int) -> Optional[int]:
     return next((i for i, label in enumerate(labels) if label != ignore_index), None)
 
 
+def prompt_fits(length: int, max_seq_len: int) -> bool:
+    """Whether a prompt of ``length`` tokens leaves room to generate within ``max_seq_len``:
+    two positions free (a prompt the tokenizer truncated has its first label, the kept end
+    token, at the last position)."""
+    return length <= max_seq_len - 2
+
+
 def check_prompts(dataset: Any, rows: Iterable[int], *, max_seq_len: int, ignore_index: int) -> None:
     """Every row of ``rows`` (items of ``dataset`` with ``tokens`` and ``labels``) has a
-    prompt (tokens before its first label) that leaves room to generate within
-    ``max_seq_len``: at least one token, and two positions free (a prompt the tokenizer
-    truncated has its first label, the kept end token, at the last position).
+    prompt (tokens before its first label) of at least one token that leaves room to generate
+    within ``max_seq_len`` (:func:`prompt_fits`).
 
     Raises:
         ValueError: naming the first offending rows and how many there are.
@@ -135,14 +148,15 @@ def check_prompts(dataset: Any, rows: Iterable[int], *, max_seq_len: int, ignore
             no_label.append(row)
         elif p == 0:
             no_prompt.append(row)
-        elif p > max_seq_len - 2:
+        elif not prompt_fits(p, max_seq_len):
             too_long.append((row, p))
     if too_long:
         first = ", ".join(f"row {r} ({p} tokens)" for r, p in too_long[:5])
         raise ValueError(
             f"on_policy: {len(too_long)} of the rows this run draws have a prompt longer than "
             f"tokenizer.max_seq_len={max_seq_len} allows with room to generate (at most {max_seq_len - 2} "
-            f"tokens; the tokenizer truncated them): {first}. Raise tokenizer.max_seq_len or drop those rows"
+            f"tokens; the tokenizer truncated them): {first}. Raise tokenizer.max_seq_len, drop those rows, "
+            "or set on_policy.long_prompts: skip (they then train on data steps only)"
         )
     if no_prompt:
         raise ValueError(f"on_policy: {len(no_prompt)} rows have no prompt (their first token is already a "

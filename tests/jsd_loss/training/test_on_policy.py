@@ -29,6 +29,7 @@ def _cfg(on_policy, **top):
     ({"top_k": 0}, {}, "on_policy.top_k must be null or an integer >= 1"),
     ({"lmbd": 0.5}, {}, "on_policy has unknown keys ['lmbd']"),
     ({"seq_kd": "yes"}, {}, "on_policy.seq_kd must be True or False"),
+    ({"long_prompts": "truncate"}, {}, "on_policy.long_prompts must be 'error' or 'skip'"),
     ({"lmbda": 0.5}, {"teacher_cache": "cache/dir"}, "on_policy.lmbda=0.5 trains on generated tokens, which need "
                                                      "the live teacher's logits, but teacher_cache=cache/dir"),
     ({"seq_kd": True}, {"teacher_cache": "c"}, "on_policy.seq_kd=True trains on generated tokens"),
@@ -118,3 +119,26 @@ def test_lmbda_zero_never_draws_and_passes_batches_through():
     gen.begin_step(1)
     assert gen.class_loss(ce).item() == 0.0
     assert _on_policy(lmbda=1.0, ce_on_generated=True).class_loss(ce) is ce
+
+
+def test_rows_whose_prompts_do_not_fit_are_skipped_on_generated_steps_when_asked():
+    from tests.jsd_loss.generation.test_generate import _model
+
+    ig, pad = -100, 0
+    batch = {"tokens": torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [1, 3, 4, 9, pad, pad, pad, pad, pad, pad]]),
+             "labels": torch.tensor([[ig] * 9 + [14], [ig, ig, ig, 9] + [ig] * 6]),
+             "row_ids": torch.tensor([[0] * 10, [1] * 4 + [-1] * 6])}
+    model = _model()
+    for mode in ("error", "skip"):
+        op = OnPolicy(OnPolicyConfig(lmbda=1.0, max_new_tokens=8, long_prompts=mode), seed=0, rank=0, stop_tokens=[],
+                      pad_id=pad, max_seq_len=10, ignore_index=ig, device=torch.device("cpu"))
+        op.begin_step(1)
+        if mode == "error":
+            with pytest.raises(ValueError, match="a prompt of row 0 leaves no room to generate within max_seq_len=10"):
+                op.batch(batch, model, None)
+            continue
+        out = op.batch(batch, model, None)
+    # row 0 (9 prompt tokens of at most 8): one token, no label; row 1: its 3 prompt tokens and 7 new ones
+    assert out["tokens"][0, :1].tolist() == [5] and (out["labels"][0] == ig).all()
+    assert out["tokens"][1, :3].tolist() == [1, 3, 4] and (out["labels"][1, 3:] != ig).sum() == 7
+    assert op.metrics()["skipped_prompts"] == 1 and op.metrics()["generated_tokens"] == 7
