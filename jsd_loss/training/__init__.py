@@ -32,7 +32,7 @@ from jsd_loss.training._features import (
     capture_features,
     setup_feature_distillation,
 )
-from jsd_loss.training._inputs import check_checkpoint_files, check_checkpoints, check_models_agree
+from jsd_loss.training._inputs import check_checkpoint_files, check_checkpoints, check_models_agree, text_vocab_size
 from jsd_loss.training._kd_step import KDLosses, hidden_state_output, kd_step, output_weight, setup_losses
 from jsd_loss.training._memory import keep_freed_cpu_memory, peak_memory_gib, reset_peak_memory
 from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
@@ -74,7 +74,14 @@ from jsd_loss.training._teacher_cache import (
     run_rows,
     unpacked,
 )
-from jsd_loss.training._shapes import SHAPE_KEYS, check_model_shape, hf_config_shape, model_shape
+from jsd_loss.training._shapes import (
+    SHAPE_KEYS,
+    check_model_shape,
+    hf_config_rope,
+    hf_config_shape,
+    model_rope,
+    model_shape,
+)
 
 __all__ = [
     "ConstantSchedule",
@@ -123,6 +130,7 @@ __all__ = [
     "feature_config",
     "feature_map",
     "generated_batch",
+    "hf_config_rope",
     "hf_config_shape",
     "hf_converter",
     "hidden_state_output",
@@ -135,6 +143,7 @@ __all__ = [
     "loss_labels",
     "manifest_for",
     "merged_hf_state_dict",
+    "model_rope",
     "model_shape",
     "num_trainable",
     "on_policy_config",
@@ -160,6 +169,7 @@ __all__ = [
     "set_rng_state",
     "setup_teacher",
     "steps_per_epoch",
+    "text_vocab_size",
     "unpacked",
     "write_checkpoint",
 ]

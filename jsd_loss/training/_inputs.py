@@ -3,7 +3,7 @@ data tokenized, and of the built models against each other and the tokenizer."""
 
 import json
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 from omegaconf import DictConfig
 from torch import nn
@@ -48,12 +48,28 @@ def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, d
     return student_cfg, teacher_cfg
 
 
+def text_vocab_size(tokenizer) -> Optional[int]:
+    """How many token ids a tokenizer encodes text to: its ``vocab_size`` less the media
+    placeholders (``image_id``) at the top of its id range, which text never encodes to
+    (torchtune's Llama 3 tokenizer registers ``<|image|>`` at 128256, one past the 128,256
+    embeddings of the text models, for the vision models only). None when it has no
+    ``vocab_size``."""
+    size = getattr(tokenizer, "vocab_size", None)
+    if size is None:
+        return None
+    media = {getattr(tokenizer, "image_id", None)} - {None}
+    while size - 1 in media:
+        size -= 1
+    return size
+
+
 def check_models_agree(student: nn.Module, teacher: nn.Module, tokenizer) -> None:
-    """Student and teacher share a vocabulary that covers the tokenizer's."""
+    """Student and teacher share a vocabulary that covers the ids the tokenizer encodes text
+    to (see :func:`text_vocab_size`)."""
     s_vocab = student.tok_embeddings.num_embeddings
     t_vocab = teacher.tok_embeddings.num_embeddings
     if s_vocab != t_vocab:
         raise ValueError(f"vocab mismatch: student model has {s_vocab} tokens, teacher model {t_vocab}")
-    tok_vocab = getattr(tokenizer, "vocab_size", None)
+    tok_vocab = text_vocab_size(tokenizer)
     if tok_vocab is not None and tok_vocab > s_vocab:
         raise ValueError(f"the tokenizer has {tok_vocab} tokens but the models only {s_vocab}")

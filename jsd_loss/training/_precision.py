@@ -9,6 +9,7 @@ constructed (before anything is built or loaded):
 """
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import ContextManager, Optional
 
@@ -18,6 +19,8 @@ from torchtune import training
 
 # values of mixed_precision that ask for nothing
 _OFF = (None, False, "none")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,17 +60,18 @@ def precision_from_config(cfg: DictConfig, device: torch.device) -> Precision:
     Raises:
         ValueError: for fp16 anywhere, an unknown ``mixed_precision``, ``mixed_precision: bf16``
             with a ``dtype`` other than fp32 (there are no fp32 master weights to keep), and
-            ``teacher_dtype`` with a ``teacher_cache`` the teacher is never run for (no
-            ``teacher_cache_fallback: live``); each message names the keys.
+            each message names the keys. ``teacher_dtype`` with a ``teacher_cache`` the
+            teacher is never run for (no ``teacher_cache_fallback: live``) is only logged.
     """
     dtype = _weight_dtype(cfg, "dtype", device)
     teacher_dtype = dtype if cfg.get("teacher_dtype") is None else _weight_dtype(cfg, "teacher_dtype", device)
     if cfg.get("teacher_dtype") is not None and cfg.get("teacher_cache") \
             and cfg.get("teacher_cache_fallback", "error") != "live":
-        raise ValueError(
-            f"teacher_dtype={cfg.teacher_dtype} does nothing with teacher_cache={cfg.teacher_cache}: the "
-            "teacher is not run, its distributions come from the cache. Remove teacher_dtype, or set "
-            "teacher_cache_fallback: live to run it in that dtype for the rows the cache lacks."
+        # a config shipping teacher_dtype must still run with teacher_cache=... added on the command line
+        log.warning(
+            f"teacher_dtype={cfg.teacher_dtype} is unused with teacher_cache={cfg.teacher_cache}: the teacher is "
+            "not run, its distributions come from the cache (teacher_cache_fallback: live would run it in that "
+            "dtype for the rows the cache lacks)."
         )
     mixed = cfg.get("mixed_precision")
     if mixed in _OFF:

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from tests.conftest import DOLLY, REPO, TINY
 from tests.conftest import tune_run
 
-CONFIGS = sorted((REPO / "configs" / "smollm2").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs" / "smollm2").glob("*.yaml")) + sorted((REPO / "configs" / "llama3_2").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -26,6 +26,19 @@ def test_jsd_and_kl_configs_differ_only_in_the_kd_loss():
         assert jsd["kd_loss"]["_component_"] == "jsd_loss.JSDistillWithChunkedOutputLoss"
         assert kl["kd_loss"] == {**{k: v for k, v in jsd["kd_loss"].items() if k != "beta"},
                                  "_component_": "jsd_loss.KLDistillWithChunkedOutputLoss", "direction": "forward"}
+
+
+def test_llama3_jsd_configs_use_torchtunes_llama3_builders_and_differ_only_in_the_student():
+    full = OmegaConf.to_container(OmegaConf.load(REPO / "configs/llama3_2/8B_to_1B_jsd_single_device.yaml"))
+    lora = OmegaConf.to_container(OmegaConf.load(REPO / "configs/llama3_2/8B_to_1B_jsd_lora_single_device.yaml"))
+    assert {k for k in {**full, **lora} if full.get(k) != lora.get(k)} == {"model", "optimizer", "output_dir"}
+    assert {k for k in full["optimizer"] if full["optimizer"][k] != lora["optimizer"][k]} == {"lr"}
+    assert full["model"] == {"_component_": "torchtune.models.llama3_2.llama3_2_1b"}
+    assert lora["model"]["_component_"] == "torchtune.models.llama3_2.lora_llama3_2_1b"
+    assert full["teacher_model"] == {"_component_": "torchtune.models.llama3_1.llama3_1_8b"}
+    assert full["tokenizer"]["_component_"] == "torchtune.models.llama3.llama3_tokenizer"
+    assert (full["checkpointer"]["model_type"], full["teacher_checkpointer"]["model_type"]) == ("LLAMA3_2", "LLAMA3")
+    assert full["kd_loss"]["_component_"] == "jsd_loss.JSDistillWithChunkedOutputLoss"
 
 
 def test_lora_teacher_config_with_stock_recipe_gives_a_valid_teacher(tmp_path, tiny_dirs):

@@ -59,3 +59,35 @@ def test_an_explicit_converter_replaces_the_choice(model):
 
 def named_converter(state_dict, num_heads, num_kv_heads):
     return {"heads": num_heads, "kv_heads": num_kv_heads}
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_llama3_2_student_saved_by_model_type_gives_transformers_the_torchtune_logits(tmp_path, lora):
+    """A tied Llama 3.2-shaped student (rope scaling factor 32) with random weights, saved as the
+    recipe saves it through checkpointer.model_type LLAMA3_2 (LoRA adapters merged), loads in
+    transformers with the torchtune model's logits."""
+    from transformers import LlamaForCausalLM
+
+    from jsd_loss.checkpointing import write_model_dir
+    from jsd_loss.training import LoRA, build_model, merged_hf_state_dict
+    from tests.llama3_tiny import LLAMA3_VOCAB, LORA_STUDENT_MODEL, STUDENT, STUDENT_MODEL, hub_config
+
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.create(LORA_STUDENT_MODEL if lora else STUDENT_MODEL), torch.device("cpu"),
+                        torch.float32).eval()
+    adapters = None
+    if lora:  # adapters that change the model (lora_b starts at zero)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_b" in name:
+                    p.normal_(std=0.5)
+        adapters = LoRA({}, rank=LORA_STUDENT_MODEL["lora_rank"], alpha=LORA_STUDENT_MODEL["lora_alpha"])
+    config = hub_config(STUDENT, tied=True)
+    to_hf = hf_converter(_ckpt("LLAMA3_2"), config, model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    write_model_dir(tmp_path, merged_hf_state_dict(state, adapters, to_hf), config)
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    tokens = torch.randint(0, LLAMA3_VOCAB, (1, 400), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model(tokens), hf(tokens).logits
+    assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max(), (ours - theirs).abs().max()

@@ -60,3 +60,66 @@ def test_a_module_without_a_decoder_shape():
     with pytest.raises(ValueError, match="cannot read the shape of a Linear"):
         model_shape(torch.nn.Linear(2, 2))
     assert model_shape(smollm2(**TINY))["num_layers"] == 2
+
+
+# ---------------------------------------------------------------- rotary embeddings, output tying
+
+from jsd_loss.training import hf_config_rope, model_rope  # noqa: E402
+from tests.llama3_tiny import STUDENT, STUDENT_MODEL, TEACHER, TEACHER_MODEL, hub_config  # noqa: E402
+
+LLAMA3_2_ROPE = {"rope_theta": 500000.0, "rope_scaling": {
+    "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192.0}}
+
+
+def _llama(cfg, **overrides):
+    return build_model(OmegaConf.create({**cfg, **overrides}), META, torch.float32)
+
+
+def test_llama3_rope_scaling_as_the_model_builds_it_and_as_config_json_states_it():
+    from transformers import LlamaConfig
+
+    assert model_rope(_llama(STUDENT_MODEL)) == LLAMA3_2_ROPE
+    hub = hub_config(STUDENT, tied=True)  # the hub's layout: rope_theta, rope_scaling
+    assert hf_config_rope(hub) == LLAMA3_2_ROPE
+    v5 = json.loads(LlamaConfig.from_dict(hub).to_json_string())  # transformers 5's: rope_parameters
+    assert "rope_scaling" not in v5 and hf_config_rope(v5) == LLAMA3_2_ROPE
+    teacher = model_rope(_llama(TEACHER_MODEL))
+    assert teacher["rope_scaling"]["factor"] == 8.0 and hf_config_rope(hub_config(TEACHER, tied=False)) == teacher
+    # SmolLM2: plain RoPE, in either layout
+    assert model_rope(_meta()) == {"rope_theta": 100000.0, "rope_scaling": None}
+    assert hf_config_rope(json.loads(tiny_hf_config().to_json_string())) == model_rope(_meta())
+    assert hf_config_rope({"rope_theta": 1e5, "rope_scaling": None}) == model_rope(_meta())
+    assert hf_config_rope({}) == {}  # nothing stated: nothing compared
+    check_model_shape(_llama(STUDENT_MODEL), hub, "student", "ckpt")
+    check_model_shape(_llama(TEACHER_MODEL), hub_config(TEACHER, tied=False), "teacher", "ckpt")
+    with pytest.raises(ValueError, match=r"ckpt/config.json: llama3 rope scaling lacks \['factor'\]"):
+        hf_config_rope({"rope_scaling": {"rope_type": "llama3", "low_freq_factor": 1, "high_freq_factor": 4,
+                                         "original_max_position_embeddings": 8192}}, "ckpt/config.json")
+
+
+@pytest.mark.parametrize("model, hf, message", [
+    ({**STUDENT_MODEL, "scale_factor": 8}, hub_config(STUDENT, tied=True),
+     "the student model config does not build the rotary embeddings of its checkpoint: the config builds "
+     "{'rope_theta': 500000.0, 'rope_scaling': {'rope_type': 'llama3', 'factor': 8.0, "),
+    ({**STUDENT_MODEL, "scale_factor": 8}, hub_config(STUDENT, tied=True),
+     "ckpt/config.json states rope_scaling={'rope_type': 'llama3', 'factor': 32.0, "),
+    ({**STUDENT_MODEL, "rope_base": 10_000}, hub_config(STUDENT, tied=True), "ckpt/config.json states rope_theta=500000.0 ("),
+    (TINY_MODEL, {**json.loads(tiny_hf_config().to_json_string()), "rope_scaling": hub_config(STUDENT, True)["rope_scaling"]},
+     "ckpt/config.json states rope_scaling={'rope_type': 'llama3'"),
+    (TINY_MODEL, {**json.loads(tiny_hf_config().to_json_string()), "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+     "ckpt/config.json states rope_scaling={'rope_type': 'yarn', 'factor': 4.0}"),
+    ({**STUDENT_MODEL, "tie_word_embeddings": False}, hub_config(STUDENT, tied=True),
+     "the student model config builds an output projection untied from the token embeddings (Linear); "
+     "ckpt/config.json has tie_word_embeddings=True"),
+    # llama3_1 always builds an untied output; llama3_2 ties it by default
+    ({**TEACHER_MODEL, **{k: STUDENT[k] for k in ("embed_dim", "intermediate_dim", "scale_factor")}},
+     hub_config(STUDENT, tied=True), "output projection untied from the token embeddings (Linear)"),
+    ({**STUDENT_MODEL, **{k: TEACHER[k] for k in ("embed_dim", "intermediate_dim", "scale_factor")}},
+     hub_config(TEACHER, tied=False),
+     "output projection tied to the token embeddings (TiedLinear); ckpt/config.json has tie_word_embeddings=False"),
+])
+def test_a_llama3_model_config_with_other_rope_or_output_tying_is_refused(model, hf, message):
+    with pytest.raises(ValueError) as e:
+        check_model_shape(_llama(model), hf, "student", "ckpt")
+    assert message in str(e.value)
