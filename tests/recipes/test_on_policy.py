@@ -115,3 +115,19 @@ def test_prompts_that_do_not_fit_are_refused_before_training(tmp_path, tiny_dirs
     # a setting that cannot work is refused before the data is even read
     proc = tune_run(tiny_config(tmp_path, *tiny_dirs, on_policy={"lmbda": 0.5, "max_new_tokens": 0}), check=False)
     assert proc.returncode != 0 and "on_policy.max_new_tokens must be an integer >= 1, got 0" in proc.stderr
+
+
+def test_two_ranks_generate_in_step_with_different_budgets(tmp_path, tiny_dirs):
+    """FSDP2 on 2 gloo ranks: prompts of 29 to 39 tokens within max_seq_len 48 leave each row 9 to
+    16 tokens, so one rank's rows stop before the other's; every rank keeps stepping (each
+    forward of a sharded model is a collective) and the run completes."""
+    from tests.recipes.test_jsd_distill_distributed import tune_run_distributed
+
+    cfg = tiny_config(tmp_path, *tiny_dirs, **{
+        "tokenizer.max_seq_len": 48, "max_steps_per_epoch": 2, "save_every_n_steps": None,
+        "on_policy": {**ON_POLICY, "lmbda": 1.0, "max_new_tokens": 16}})
+    tune_run_distributed(cfg)
+    m = metrics(tmp_path / "out")
+    assert [r["on_policy"] for r in m] == [1.0, 1.0] and all(r["class_loss"] == 0 for r in m)
+    rows = _samples(tmp_path / "out")  # rank 0's
+    assert len(rows) == 4 and all(len(r["prompt"]) + len(r["generated"]) <= 48 for r in rows)

@@ -122,3 +122,20 @@ def test_bad_arguments_are_refused():
         generate(model, PROMPTS, max_new_tokens=4, temperature=-1.0, **kw)
     with pytest.raises(ValueError, match="top_k must be"):
         generate(model, PROMPTS, max_new_tokens=4, top_k=0, **kw)
+
+
+def test_all_done_keeps_every_process_stepping_until_all_have_stopped():
+    """A process whose rows have stopped keeps taking steps (its forwards are collectives under
+    FSDP) while ``all_done`` says another has not; its rows' tokens are unchanged by that."""
+    model = _model()
+    kw = dict(max_new_tokens=12, stop_tokens=STOPS, dtype=torch.float32, device=CPU, budgets=[3, 2, 1])
+    alone = generate(model, PROMPTS, generator=torch.Generator().manual_seed(5), **kw)
+    calls = []
+
+    def others_need_eight_steps(done):
+        calls.append(done)
+        return done and len(calls) >= 8
+
+    synced = generate(model, PROMPTS, generator=torch.Generator().manual_seed(5), all_done=others_need_eight_steps, **kw)
+    assert synced == alone and [len(r) for r in alone] == [len(r) for r in synced]
+    assert len(calls) == 8 and calls[2:] == [True] * 6  # locally done after 3 steps, 8 taken
