@@ -24,6 +24,9 @@
 #   - feature distillation needs nothing here: the learned projections are replicated (drawn
 #     from the seed on every rank) and jsd_loss.training sums their gradients and the step's
 #     token counts over the ranks.
+#   - on-policy generation: every rank draws the same coin per step, samples with its own
+#     generator, and takes generation steps until every rank's rows have stopped (each forward
+#     of a sharded model is a collective).
 
 import sys
 from functools import partial
@@ -118,6 +121,11 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         gathered = [None] * self.world_size
         torch.distributed.all_gather_object(gathered, obj)
         return gathered
+
+    def _all_done(self, done: bool) -> bool:
+        flag = torch.tensor([int(done)], device=self._device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
 
     def cleanup(self) -> None:
         if getattr(self, "_metric_logger", None) is not None:

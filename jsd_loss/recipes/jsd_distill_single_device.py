@@ -31,6 +31,9 @@
 #   - ``feature_distillation``: an optional feature term (the student's intermediate features
 #     against the teacher's, from the same teacher forward; jsd_loss.training's
 #     FeatureDistiller), its learned projections saved in the recipe state only;
+#   - ``on_policy``: per optimizer step, with probability ``lmbda``, the batches' responses
+#     replaced by the student's own samples (or the teacher's, ``seq_kd``) before the KD step
+#     (jsd_loss.training's OnPolicy; generation with a KV cache, jsd_loss.generation);
 #   - HF-format student checkpoints (LoRA merged) every ``save_every_n_steps`` and at the
 #     end, in the checkpointer's output_dir, written atomically by the converter of the model
 #     family (checkpointer.model_type, or hf_converter), with optimizer/dataloader/RNG state
@@ -60,6 +63,7 @@ from jsd_loss.training import (
     FEATURE_STATE,
     KDSchedules,
     NOT_IMPLEMENTED,
+    ON_POLICY_STATE,
     RNG_KEY,
     RUN_KEY,
     NonFiniteSteps,
@@ -83,6 +87,7 @@ from jsd_loss.training import (
     merged_hf_state_dict,
     model_shape,
     num_trainable,
+    on_policy_config,
     open_teacher_cache,
     output_weight,
     peak_memory_gib,
@@ -97,6 +102,7 @@ from jsd_loss.training import (
     set_rng_state,
     setup_feature_distillation,
     setup_losses,
+    setup_on_policy,
     setup_student,
     setup_teacher,
     steps_per_epoch,
@@ -136,6 +142,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._precision = precision_from_config(cfg, self._device)  # refuses what cannot work
         self._dtype = self._precision.dtype
         self._feature_config = feature_config(cfg)  # None: off
+        self._on_policy_config = on_policy_config(cfg)  # None: off; refuses what cannot work
         if self._device.type == "cpu" and cfg.get("keep_freed_cpu_memory", False):
             keep_freed_cpu_memory()  # fewer page faults on each step's large tensors
 
@@ -193,6 +200,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 shutil.rmtree(self._output_dir / name)
             self._metric_logger.log_config(cfg)
         self._metric_logger_truncate(self.global_step)
+        if self._is_rank_zero and self._on_policy is not None:
+            self._on_policy.truncate_samples_after(self.global_step)
         self._barrier()
 
     # ------------------------------------------------------------------ setup
@@ -225,6 +234,13 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 cfg, self._dataloader.dataset, vocab_size=self._student_hf_config["vocab_size"],
                 world_size=self.world_size, log=log,
             )
+        self._on_policy = setup_on_policy(  # every prompt the run draws checked
+            self._on_policy_config, cfg, self._dataloader.dataset, self._tokenizer, seed=self.seed, rank=self.rank,
+            world_size=self.world_size, ignore_index=self._losses.ignore_index, device=self._device, log=log,
+            dtypes=(self._dtype, self._precision.teacher_dtype),
+            samples_path=Path(getattr(self._metric_logger, "log_dir", self._output_dir)) / "samples.jsonl"
+            if self._is_rank_zero else None,
+        )
         live_teacher = self._teacher_cache is None or cfg.get("teacher_cache_fallback", "error") == "live"
 
         student_state_dict, adapters = self._load_student_checkpoint(cfg.checkpointer, resume_state)
@@ -259,6 +275,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
             )
         if resume_state is not None:
             set_rng_state(resume_state["state"], self.rank, self._device)
+            if self._on_policy is not None:
+                self._on_policy.load_state_dict(resume_state["state"].get(ON_POLICY_STATE), self.rank)
 
         self.ignore_labels_cache = torch.full((cfg.batch_size, 1), self._losses.ignore_index, device=self._device)
         self._start_output(cfg)
@@ -346,12 +364,17 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         """``obj`` of every rank, by rank."""
         return [obj]
 
+    def _all_done(self, done: bool) -> bool:
+        """Whether every rank is ``done`` (generating: each rank's forwards must match)."""
+        return done
+
     def save_checkpoint(self, name: str, with_recipe_state: bool) -> Path:
         """Write ``output_dir/<name>`` as a standard HF model directory, atomically."""
         target = self._output_dir / name
         state_dict = self._full_state_dict()
         opt_state = self._optimizer_state_dict() if with_recipe_state else None
         rng_states = self._all_ranks(rng_state(self._device)) if with_recipe_state else None
+        on_policy = self._all_ranks(self._on_policy.state_dict()) if with_recipe_state and self._on_policy else None
         if self._is_rank_zero:
             recipe_state = {
                 training.OPT_KEY: opt_state,
@@ -367,6 +390,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                 **({FEATURE_STATE: self._features.recipe_state()} if self._features is not None else {}),
                 # a LoRA/DoRA student's adapters: the HF weights are merged (exact resume)
                 **({ADAPTER_KEY: adapter_state(state_dict, self._lora.params)} if self._lora is not None else {}),
+                **({ON_POLICY_STATE: on_policy} if on_policy is not None else {}),
             } if with_recipe_state else None
             hf_state = merged_hf_state_dict(state_dict, self._lora, self._to_hf)
             write_checkpoint(target, hf_state, self._student_hf_config, self._student_dir, recipe_state)
@@ -424,8 +448,14 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                     scheduled = self._schedules.step(self._losses.kd_loss, self.global_step,
                                                      self.total_epochs * self._steps_per_epoch)
                     self._kd_ratio = scheduled["kd_ratio"]
+                    if self._on_policy is not None:  # this step's batches: the data's, or generated
+                        self._on_policy.begin_step(self.global_step + 1)
+                if self._on_policy is not None:
+                    batch = self._on_policy.batch(batch, self._model, self._teacher_model, all_done=self._all_done)
                 current_num_tokens = (batch["labels"][..., 1:] != self._losses.ignore_index).sum()
                 class_loss, kd_loss, feature_sum = self._loss_step(batch)
+                if self._on_policy is not None:  # no CE on generated tokens unless asked
+                    class_loss = self._on_policy.class_loss(class_loss)
                 # token-weighted: the step's gradient is the mean over all its tokens
                 current_loss = (1 - self._kd_ratio) * class_loss + self._kd_ratio * kd_loss
                 objective = current_loss * current_num_tokens
@@ -481,6 +511,8 @@ class KDRecipeSingleDevice(FTRecipeInterface):
                             log_dict["feature_loss"] = feature_loss_to_log
                         if self._schedules.scheduled:
                             log_dict.update(scheduled)
+                        if self._on_policy is not None:
+                            log_dict.update(self._on_policy.metrics())
                         if self._log_peak_memory_stats:
                             log_dict["peak_memory_gib"] = peak_memory_gib(self._device)
                         self._metric_logger.log_dict(log_dict, step=self.global_step)

@@ -1,6 +1,7 @@
 """What the recipes share: model and adapter setup, model shapes against checkpoints, input
-and config-key checks, precision, data loading, the KD step, feature distillation, run
-directories and checkpoints, saving by model family, peak memory, metric logging."""
+and config-key checks, precision, data loading, the KD step, feature distillation, on-policy
+(generated) batches, run directories and checkpoints, saving by model family, peak memory,
+metric logging."""
 
 from jsd_loss.training._adapters import ADAPTER_KEY, adapter_identity, adapter_state, check_base, resume_weights
 from jsd_loss.training._checkpoint import (
@@ -46,6 +47,14 @@ from jsd_loss.training._models import (
     setup_student,
     setup_teacher,
 )
+from jsd_loss.training._on_policy import (
+    ON_POLICY_STATE,
+    OnPolicy,
+    batch_prompts,
+    generated_batch,
+    setup_on_policy,
+)
+from jsd_loss.training._on_policy_config import OnPolicyConfig, check_prompts, on_policy_config, prompt_length
 from jsd_loss.training._nonfinite import DEFAULT_MAX_SKIPPED_STEPS, NonFiniteSteps, loss_labels
 from jsd_loss.training._precision import Precision, precision_from_config
 from jsd_loss.training._resume import RNG_KEY, RUN_KEY, check_resume, rng_state, run_identity, set_rng_state
@@ -95,6 +104,9 @@ __all__ = [
     "LoRA",
     "NOT_IMPLEMENTED",
     "NonFiniteSteps",
+    "ON_POLICY_STATE",
+    "OnPolicy",
+    "OnPolicyConfig",
     "Precision",
     "RECIPE_STATE",
     "RNG_KEY",
@@ -104,6 +116,7 @@ __all__ = [
     "TARGETS",
     "adapter_identity",
     "adapter_state",
+    "batch_prompts",
     "batch_teacher",
     "build_dataloader",
     "cache_identity",
@@ -117,9 +130,11 @@ __all__ = [
     "checked_keep_last_n",
     "checked_meta_model",
     "check_models_agree",
+    "check_prompts",
     "earlier_run",
     "feature_config",
     "feature_map",
+    "generated_batch",
     "hf_config_rope",
     "hf_config_shape",
     "hf_converter",
@@ -136,10 +151,12 @@ __all__ = [
     "model_rope",
     "model_shape",
     "num_trainable",
+    "on_policy_config",
     "open_teacher_cache",
     "output_weight",
     "peak_memory_gib",
     "precision_from_config",
+    "prompt_length",
     "prune_checkpoints",
     "read_metrics",
     "read_pruning_manifest",
@@ -153,6 +170,7 @@ __all__ = [
     "run_rows",
     "setup_feature_distillation",
     "setup_losses",
+    "setup_on_policy",
     "setup_student",
     "set_rng_state",
     "setup_teacher",

@@ -78,3 +78,16 @@ def test_features_quick_config_is_the_quick_config_plus_its_feature_block():
     assert {k for k in {**quick, **feats} if feats.get(k) != quick.get(k)} == {"feature_distillation", "output_dir"}
     assert feats["feature_distillation"] == {"weight": 1.0, "loss": "normalized_mse", "layer_map": "auto",
                                              "targets": ["residual"], "projection": "none"}
+
+
+def test_gkd_configs_are_the_jsd_configs_plus_an_on_policy_block():
+    from jsd_loss.training import OnPolicyConfig, on_policy_config
+
+    for suffix in ("single_device", "quick"):
+        jsd = OmegaConf.load(REPO / f"configs/smollm2/135M_to_90M_jsd_{suffix}.yaml")
+        gkd = OmegaConf.load(REPO / f"configs/smollm2/135M_to_90M_gkd_{suffix}.yaml")
+        a, b = OmegaConf.to_container(jsd), OmegaConf.to_container(gkd)
+        assert {k for k in {**a, **b} if a.get(k) != b.get(k)} == {"on_policy", "output_dir"}
+        c = on_policy_config(gkd)  # passes the recipe's checks
+        assert c.active and c.lmbda == 0.5 and c.long_prompts == "skip"
+        assert c.max_new_tokens < gkd.tokenizer.max_seq_len and isinstance(c, OnPolicyConfig)
