@@ -5,6 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from jsd_loss.recipes.eval_distill import EvalDistillRecipe
 from tests.conftest import EVAL, REPO, tune_run, write_tiny_hf_dir
 from tests.jsd_loss.eval.conftest import ROWS
 
@@ -145,9 +146,16 @@ def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
         ({"references": [{"name": "jsd", "checkpoint_dir": str(teacher)}]}, "model names ['jsd'] are used twice"),
         ({"references": [{"name": "r", "checkpoint_dir": str(other)}]}, "reference 'r'"),
     ]
+    # the first through `tune run` (the message reaches the user), the others in this process (each
+    # `tune run` costs ~5 s of start-up): the recipe's setup must raise
     for i, (overrides, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
-        proc = tune_run(_config(root, teacher, students, data, out, **overrides),
-                        recipe=EVAL, check=False)
-        assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-1500:])
+        cfg = _config(root, teacher, students, data, out, **overrides)
+        if i == 0:
+            proc = tune_run(cfg, recipe=EVAL, check=False)
+            assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-1500:])
+        else:
+            with pytest.raises((ValueError, FileNotFoundError)) as raised:
+                EvalDistillRecipe(OmegaConf.load(cfg)).setup()
+            assert message in str(raised.value), (message, str(raised.value))
         assert not out.exists()

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaForCausalLM
 
+from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
 from tests.conftest import (
     DOLLY, QUICK, REPO, SINGLE_DEVICE, TINY, TINY_MODEL, clean_env, metrics, tiny_config, tune_run, write_tiny_hf_dir,
 )
@@ -198,11 +199,20 @@ def test_bad_inputs_fail_fast_with_clear_errors(tmp_path, tiny_dirs, teacher_dir
         ({"student_dir": str(untied)}, "the student model config builds an output projection tied to the token "
                                        f"embeddings (ContiguousTiedLinear); {untied}/config.json has tie_word_embeddings=False"),
     ]
+    # the first through `tune run` (the message reaches the user), the others in this process (each
+    # `tune run` costs ~5 s of start-up): constructing the recipe and its setup must raise
     for i, (overrides, message) in enumerate(cases):
         d = tmp_path / f"case{i}"
         d.mkdir()
-        proc = tune_run(tiny_config(d, teacher, student, **overrides), check=False)
-        assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-2000:])
+        cfg = tiny_config(d, teacher, student, **overrides)
+        if i == 0:
+            proc = tune_run(cfg, check=False)
+            assert proc.returncode != 0 and message in proc.stderr + proc.stdout, (message, proc.stderr[-2000:])
+        else:
+            with pytest.raises((ValueError, FileNotFoundError)) as raised:
+                parsed = OmegaConf.load(cfg)
+                KDRecipeSingleDevice(parsed).setup(parsed)
+            assert message in str(raised.value), (message, str(raised.value))
         assert not list((d / "out").glob("step_*")) and not (d / "out" / "final").exists()
 
 
