@@ -7,18 +7,32 @@ import time
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from jsd_loss.checkpointing import load_state_dict
 from tests.conftest import DISTRIBUTED, REPO, TINY, TINY_MODEL, clean_env, metrics, tiny_config, tune_run
 from tests.recipes.test_reliability import kill_and_resume
 
 
+# A gloo rank has once died with SIGABRT at the barrier of a checkpoint gather on a clean-clone run
+# (1 failure in 8 runs of the same test, not reproduced since); such a run is retried once, from the
+# same inputs, so that the transport's flake does not fail the suite. Any other failure is reported.
+GLOO_ABORT = "exitcode  : -6"
+
+
 def tune_run_distributed(config, *args, nproc=2, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", str(nproc),
-         DISTRIBUTED, "--config", str(config), *args],
-        cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900,
-    )
+    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", str(nproc),
+           DISTRIBUTED, "--config", str(config), *args]
+
+    def run():
+        return subprocess.run(cmd, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                              timeout=900)
+
+    proc = run()
+    if proc.returncode != 0 and GLOO_ABORT in proc.stderr and "resume_from_checkpoint=True" not in args:
+        print(f"a rank aborted (SIGABRT); retrying once:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        shutil.rmtree(OmegaConf.load(config).output_dir, ignore_errors=True)  # the aborted run's partial output
+        proc = run()
     if check and proc.returncode != 0:
         raise AssertionError(f"distributed run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
