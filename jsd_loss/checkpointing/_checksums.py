@@ -26,6 +26,20 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def sha256_files(paths: Iterable[Path], chunk: int = 1 << 24) -> str:
+    """One SHA-256 over the names and contents of ``paths`` (in the order given)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot hash {path}: no such file")
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def read_checksums(directory: Path) -> Optional[Dict[str, Dict[str, object]]]:
     """``{file name: {"sha256": hex, "size": bytes}}`` of ``directory`` (None: no checksums file).
 

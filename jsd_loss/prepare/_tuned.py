@@ -7,7 +7,6 @@ tokenizer, no unmerged adapter tensors, weights actually changed) and writes a s
 directory (``model.safetensors``) that every config here takes as ``teacher_dir``.
 """
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,10 +19,11 @@ from jsd_loss.checkpointing import (
     check_llama_dims,
     load_state_dict,
     read_config,
+    sha256_file,
+    sha256_files,
     weight_files,
     write_model_dir,
 )
-from jsd_loss.prepare._gguf import sha256_file
 from jsd_loss.prepare._manifest import refuse_foreign_output, verified_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,6 @@ log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "head_dim", "vocab_size", "rope_theta", "tie_word_embeddings")
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def _digest(paths) -> str:
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(sha256_file(path).encode())
-    return h.hexdigest()
 
 
 def weight_change(tuned: Dict[str, torch.Tensor], base: Dict[str, torch.Tensor]) -> Dict[str, float]:
@@ -63,7 +56,7 @@ def prepare_tuned_teacher(lora_dir: Path, base_dir: Path, output_dir: Path, over
     lora_dir, base_dir, output_dir = Path(lora_dir), Path(base_dir), Path(output_dir)
     tuned_config, base_config = read_config(lora_dir), read_config(base_dir)
     files = weight_files(lora_dir)
-    digest = _digest(files)
+    digest = sha256_files(files)
     if verified_manifest(output_dir, kind="tuned_teacher", source_sha256=digest):
         log.info("%s already holds the tuned teacher from %s; nothing to do", output_dir, lora_dir)
         return output_dir

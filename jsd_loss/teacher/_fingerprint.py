@@ -4,26 +4,11 @@ the tokenizer's files, the dataset's rows, and each row's tokens."""
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-_CHUNK = 1 << 24
-
-
-def sha256_files(paths: Iterable[Path]) -> str:
-    """One SHA-256 over the names and contents of ``paths`` (in the order given)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot hash {path}: no such file")
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as fh:
-            while block := fh.read(_CHUNK):
-                digest.update(block)
-    return digest.hexdigest()
-
+from jsd_loss.checkpointing import sha256_files
 
 def teacher_sha256(checkpoint_dir: Path, checkpoint_files: Sequence[str]) -> str:
     """The teacher's identity: its ``config.json`` and weight files."""
