@@ -24,14 +24,14 @@ $PY -m jsd_loss.prepare teacher --output-dir $BASE
 
 step 3 "LoRA fine-tune of the teacher on the Dolly train split (60 steps of 8 rows)"
 if [ -f $TEACHER/jsd_distill_prepare.json ]; then
-  echo "$TEACHER exists"
+  echo "$TEACHER exists"   # the LoRA run's outputs are not needed again (they may be gone)
 else
   if [ ! -f $LORA/epoch_0/model-00001-of-00001.safetensors ]; then
     $TUNE run lora_finetune_single_device --config configs/smollm2/135M_lora_single_device.yaml \
       output_dir=$LORA max_steps_per_epoch=60 batch_size=4 gradient_accumulation_steps=2 tokenizer.max_seq_len=256
   fi
+  $PY -m jsd_loss.prepare tuned-teacher --lora-dir $LORA/epoch_0 --base-dir $BASE --output-dir $TEACHER
 fi
-$PY -m jsd_loss.prepare tuned-teacher --lora-dir $LORA/epoch_0 --base-dir $BASE --output-dir $TEACHER
 
 step 4 "student: ~90M pruned from the tuned teacher"
 $PY -m jsd_loss.prepare student --teacher-dir $TEACHER --output-dir $STUDENT

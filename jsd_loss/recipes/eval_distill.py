@@ -71,9 +71,8 @@ class EvalDistillRecipe:
         self._references = [_model_entry(r, "reference", teacher_vocab) for r in cfg.get("references") or []]
         self._runs = [_model_entry(s, "student", teacher_vocab) for s in cfg.students]
         names = list(dict.fromkeys(r["name"] for r in self._runs))
-        taken = [r["name"] for r in self._references]
-        clash = sorted({n for n in names + taken if n == self._teacher["name"] or (n in taken and n in names)}
-                       | {n for n in taken if taken.count(n) > 1})
+        every = [self._teacher["name"]] + [r["name"] for r in self._references] + names
+        clash = sorted({n for n in every if every.count(n) > 1})
         if clash:
             raise ValueError(f"model names {clash} are used twice: the teacher, each reference and each student "
                              "name must differ (runs of one student name are its seeds)")

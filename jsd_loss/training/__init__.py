@@ -65,11 +65,11 @@ from jsd_loss.training._schedules import (
     LinearSchedule,
     Schedule,
     as_schedule,
+    kd_temperature,
 )
 from jsd_loss.training._teacher_cache import (
     batch_teacher,
     cache_identity,
-    kd_temperature,
     manifest_for,
     open_teacher_cache,
     run_rows,

@@ -127,6 +127,27 @@ def as_schedule(value: Union[float, int, dict, DictConfig, Schedule], name: str)
                      f"jsd_loss.training.LinearSchedule, ...), got {value!r}")
 
 
+ONE_TEMPERATURE = ("kd_loss.temperature is a schedule, but a teacher_cache holds the teacher's distributions at "
+                   "one temperature: use a constant temperature with the cache")
+
+
+def _one_temperature(schedule: Schedule) -> float:
+    if schedule.bounds()[0] != schedule.bounds()[1]:
+        raise ValueError(ONE_TEMPERATURE)
+    return schedule.start
+
+
+def kd_temperature(cfg: DictConfig) -> float:
+    """The config's KD temperature (1.0 without a kd_loss), as a teacher cache is built and read at.
+
+    Raises:
+        ValueError: if ``kd_loss.temperature`` is a schedule that changes.
+    """
+    if "kd_loss" not in cfg:
+        return 1.0
+    return _one_temperature(as_schedule(cfg.kd_loss.get("temperature", 1.0), "kd_loss.temperature"))
+
+
 class KDSchedules:
     """The objective's per-step scalars of a distillation config: ``kd_ratio`` (a number or
     a schedule, within [0, 1]) and ``kd_loss.temperature`` (a number or a schedule, > 0).
@@ -151,9 +172,8 @@ class KDSchedules:
             lo, hi = self.temperature.bounds()
             if lo <= 0.0:
                 raise ValueError(f"kd_loss.temperature must stay > 0, the schedule reaches {lo}")
-            if lo != hi and cfg.get("teacher_cache", None):
-                raise ValueError("kd_loss.temperature is a schedule, but a teacher_cache holds the teacher's "
-                                 "distributions at one temperature: use a constant temperature with the cache")
+            if cfg.get("teacher_cache", None):
+                _one_temperature(self.temperature)
         self.scheduled = not all(s is None or s.bounds()[0] == s.bounds()[1] for s in (self.kd_ratio, self.temperature))
 
     def kd_loss_config(self, cfg_kd_loss: DictConfig) -> DictConfig:

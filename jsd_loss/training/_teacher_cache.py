@@ -22,7 +22,7 @@ from jsd_loss.teacher import (
     teacher_sha256,
     tokenizer_sha256,
 )
-from jsd_loss.training._schedules import as_schedule
+from jsd_loss.training._schedules import kd_temperature
 
 
 def unpacked(dataset):
@@ -55,21 +55,6 @@ def run_rows(cfg: DictConfig, dataset, world_size: int) -> List[int]:
         epochs=cfg.epochs, max_steps_per_epoch=cfg.get("max_steps_per_epoch", None), seed=cfg.seed,
         shuffle=cfg.shuffle, world_size=world_size,
     )
-
-
-def kd_temperature(cfg: DictConfig) -> float:
-    """The config's KD temperature (1.0 without a kd_loss); a cache holds one temperature.
-
-    Raises:
-        ValueError: if ``kd_loss.temperature`` is a schedule that changes.
-    """
-    if "kd_loss" not in cfg:
-        return 1.0
-    schedule = as_schedule(cfg.kd_loss.get("temperature", 1.0), "kd_loss.temperature")
-    if schedule.bounds()[0] != schedule.bounds()[1]:
-        raise ValueError("kd_loss.temperature is a schedule, but a teacher cache holds the teacher's "
-                         "distributions at one temperature: use a constant temperature with the cache")
-    return schedule.start
 
 
 def open_teacher_cache(cfg: DictConfig, dataset, *, vocab_size: int, world_size: int, log=None) -> TopKTeacherCache:
