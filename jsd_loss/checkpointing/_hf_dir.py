@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from jsd_loss.checkpointing._checksums import verify_directory, write_checksums
+from jsd_loss.checkpointing._checksums import verify_file, write_checksums
 from jsd_loss.checkpointing._fs import exchange, fsync_dir, fsync_file
 
 CONFIG_FILE = "config.json"
@@ -59,7 +59,7 @@ def weight_files(model_dir: Path) -> list:
 
 
 def load_state_dict(model_dir: Path) -> Dict[str, torch.Tensor]:
-    """All tensors of a HF model directory, merged across shards; the files that its
+    """All tensors of a HF model directory, merged across shards; each weight file that its
     ``checksums.json`` lists (when it has one: directories written here do) verified first.
 
     Raises:
@@ -67,7 +67,8 @@ def load_state_dict(model_dir: Path) -> Dict[str, torch.Tensor]:
             from its recorded checksum (:class:`~jsd_loss.checkpointing.ChecksumError`).
     """
     files = weight_files(model_dir)
-    verify_directory(model_dir)
+    for path in files:  # what is read: a checksums.json that torchtune copied beside new weights lists old ones
+        verify_file(path)
     state_dict: Dict[str, torch.Tensor] = {}
     for path in files:
         try:

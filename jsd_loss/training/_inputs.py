@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 from omegaconf import DictConfig
 from torch import nn
 
-from jsd_loss.checkpointing import read_config, verify_directory
+from jsd_loss.checkpointing import read_config, verify_file
 
 
 def check_checkpoint_files(ckpt: DictConfig, who: str) -> None:
@@ -39,8 +39,11 @@ def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, d
     student_cfg, teacher_cfg = read_config(student_dir), read_config(teacher_dir)
     check_checkpoint_files(student, "student")
     check_checkpoint_files(teacher, "teacher")
-    verify_directory(student_dir)  # torchtune's checkpointer reads safetensors unverified
-    verify_directory(teacher_dir)
+    # torchtune's checkpointer reads safetensors unverified; only the files it reads are checked (its
+    # outputs carry a copy of the input dir's checksums.json, which lists the input's weight files)
+    for ckpt, directory in ((student, student_dir), (teacher, teacher_dir)):
+        for name in ckpt.get("checkpoint_files", []):
+            verify_file(directory / name)
     if student_cfg.get("vocab_size") != teacher_cfg.get("vocab_size"):
         raise ValueError(
             f"vocab mismatch: student ({student_dir}) has vocab_size {student_cfg.get('vocab_size')}, "

@@ -96,3 +96,19 @@ def test_a_foreign_output_dir_is_kept_unless_overwrite(tmp_path, base_and_tuned)
     assert (out / "notes.txt").read_text() == "mine"
     prepare_tuned_teacher(tuned, base, out, overwrite=True)
     assert torch.equal(load_file(str(out / "model.safetensors"))[Q], tuned_state[Q])
+
+
+def test_a_checksums_file_torchtune_copied_from_the_base_does_not_block_the_tuned_weights(tmp_path, base_and_tuned):
+    """torchtune's checkpointer copies every .json of its input dir into its output, so a stock LoRA
+    output of a teacher prepared here carries the base's checksums.json, which lists model.safetensors
+    (absent there) and not the new shard; the clean-clone main job failed on it."""
+    from jsd_loss.checkpointing import atomic_directory, write_model_dir
+
+    base, tuned, state, tuned_state = base_and_tuned
+    checked_base = tmp_path / "checked_base"
+    with atomic_directory(checked_base) as tmp:
+        write_model_dir(tmp, state, json.loads((base / "config.json").read_text()), copy_from=base)
+    assert (checked_base / "checksums.json").is_file()
+    shutil.copy2(checked_base / "checksums.json", tuned / "checksums.json")
+    out = prepare_tuned_teacher(tuned, checked_base, tmp_path / "teacher")
+    assert torch.equal(load_file(str(out / "model.safetensors"))[Q], tuned_state[Q])
