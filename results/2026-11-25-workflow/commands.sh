@@ -14,6 +14,16 @@ STEPS=${STEPS:-300}
 TEACHER=$OUT/teacher
 STUDENT=$OUT/student
 
+loss_args() {  # the config (and overrides) of one loss
+  case $1 in
+    jsd|kl) echo "--config configs/smollm2/135M_to_90M_$1_quick.yaml" ;;
+    skew_kl) echo "--config configs/smollm2/135M_to_90M_kl_quick.yaml ~kd_loss.direction
+      kd_loss._component_=jsd_loss.DistillWithChunkedOutputLoss
+      kd_loss.divergence._component_=jsd_loss.SkewKLDivergence kd_loss.divergence.alpha=0.1" ;;
+    *) echo "unknown loss $1" >&2; exit 2 ;;
+  esac
+}
+
 train() {
   # 1. LoRA fine-tune of SmolLM2-135M-Instruct on the Dolly train split (merged on save)
   if [ ! -f "$OUT/teacher_lora/epoch_0/model-00001-of-00001.safetensors" ]; then
@@ -32,14 +42,13 @@ train() {
     # 3. the teacher's top-128 distributions at every response token this seed's runs draw
     $TUNE run jsd_loss/recipes/cache_teacher.py --config configs/smollm2/135M_to_90M_jsd_quick.yaml \
       "${common[@]}" cache.rows=run dtype=bf16
-    # 4. JSD (beta 0.5) and forward KL, identical otherwise
+    # 4. JSD (beta 0.5), forward KL and skew KL (alpha 0.1, forward), identical otherwise
     for loss in $LOSSES; do
       run=$OUT/${loss}_seed$seed
       if [ -d "$run/final" ]; then echo "$run/final exists"; continue; fi
       resume=False
       if ls -d "$run"/step_* >/dev/null 2>&1; then resume=True; fi
-      $TUNE run jsd_loss/recipes/jsd_distill_single_device.py \
-        --config configs/smollm2/135M_to_90M_${loss}_quick.yaml "${common[@]}" \
+      $TUNE run jsd_loss/recipes/jsd_distill_single_device.py $(loss_args $loss) "${common[@]}" \
         output_dir=$run resume_from_checkpoint=$resume overwrite_output=True
     done
   done
