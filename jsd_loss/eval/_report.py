@@ -37,13 +37,15 @@ def render_report(results: Dict[str, Any], baseline: str) -> str:
         ("CE variance, last 25% of steps", "class_loss.tail_variance"),
         ("KD divergence variance, last 25% of steps", "kd_loss.tail_variance"),
     ]
-    others = [n for n in names[1:] if n != baseline]
+    roles = {m["name"]: m["role"] for m in results["models"]}
+    students = [n for n in names[1:] if roles.get(n, "student") == "student"]  # not the references
+    others = [n for n in students if n != baseline]
     header = "| metric | " + " | ".join(names) + "".join(f" | {n} vs {baseline}" for n in others) + " |"
     lines = [
         "# Distillation report",
         "",
         f"{results['examples']} eval examples; greedy decoding. Seeds per student: "
-        + ", ".join(f"{n} {summary[n]['rouge1']['n']}" for n in names[1:]) + ".",
+        + ", ".join(f"{n} {summary[n]['rouge1']['n']}" for n in students) + ".",
         "Mean ± std over seeds where a name has several runs. Relative difference = (value - "
         f"{baseline}) / {baseline}. Loss values are true divergences (JSD is bounded by ln 2, KL is not), "
         "so the CE row is the like-for-like comparison of training losses.",

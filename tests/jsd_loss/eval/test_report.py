@@ -28,6 +28,19 @@ def test_every_number_comes_from_the_results(entries):
         "3", "1.000 / 1.000", f"{first_jsd['rougeL']:.3f} / {first_jsd['f1']:.3f}"]
 
 
+def test_references_are_scored_but_neither_counted_as_students_nor_compared(entries):
+    untuned = {**entries[0], "name": "teacher_untuned", "role": "reference", "checkpoint_dir": "u"}
+    with_reference = [entries[0], untuned] + entries[1:]
+    report = render_report({"models": with_reference, "examples": 5,
+                            "summary": summarise(with_reference, baseline="kl")}, "kl")
+    assert "Seeds per student: jsd 2, kl 1." in report
+    assert "| metric | teacher | teacher_untuned | jsd | kl | jsd vs kl |" in report
+    assert "teacher_untuned vs kl" not in report
+    # the reference is the teacher's own scores under another name: its share of the teacher's is 1
+    assert _cells(report, "ROUGE-L, share of the teacher's")[:2] == ["–", "100.0%"]
+    assert len(_cells(report, "ROUGE-L")) == len(_cells(report, "ROUGE-L, share of the teacher's")) == 5
+
+
 def test_rows_without_numbers_are_left_out(entries):
     no_logs = [{k: v for k, v in e.items() if k not in ("training", "curves")} for e in entries]
     report = render_report({"models": no_logs, "examples": 5, "summary": summarise(no_logs, baseline="kl")}, "kl")
