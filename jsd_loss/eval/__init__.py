@@ -6,11 +6,14 @@ from jsd_loss.eval._examples import Example, load_examples, round_robin_by_categ
 from jsd_loss.eval._generation import chat_prompt, greedy_generate, load_model, teacher_forced
 from jsd_loss.eval._plots import write_plots
 from jsd_loss.eval._report import fmt_stat, render_report
+from jsd_loss.eval._score_cache import SCORE_CACHE_VERSION, ModelScoreCache, model_run_key
 from jsd_loss.eval._scoring import ANSWER_METRICS, CURVE_KEYS, PAIRED_METRICS, answer_scores, score_model
 from jsd_loss.eval._summary import per_prompt, summarise
 
 __all__ = [
     "ANSWER_METRICS",
+    "ModelScoreCache",
+    "SCORE_CACHE_VERSION",
     "CURVE_KEYS",
     "Example",
     "PAIRED_METRICS",
@@ -19,6 +22,7 @@ __all__ = [
     "fmt_stat",
     "greedy_generate",
     "load_examples",
+    "model_run_key",
     "load_model",
     "per_prompt",
     "render_report",

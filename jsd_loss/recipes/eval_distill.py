@@ -12,7 +12,9 @@ quantised (jsd_loss.export). From each student's training log: final loss, conve
 5% of final), tail loss variance; spread across seeds; relative differences against the
 baseline student, and a paired bootstrap over prompts of the ROUGE-L / F1 differences; each
 model's ROUGE-L and F1 as a share of the teacher's and its NLL gap to the teacher.
-Writes ``report.md``, ``results.json`` and PNG plots to ``output_dir``. The work itself is
+Writes ``report.md``, ``results.json`` and PNG plots to ``output_dir``. With ``score_cache: DIR``
+each model's raw results are kept in DIR under a key of its weights and the eval settings, and
+reused: an eval that adds a seed or a student runs only the new models. The work itself is
 the library ``jsd_loss.eval``; this recipe checks the inputs and strings it together.
 """
 
@@ -22,17 +24,19 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torchtune import config, training, utils
 
-from jsd_loss.checkpointing import read_config
+from jsd_loss.checkpointing import read_config, sha256_files
 from jsd_loss.eval import (
     greedy_generate,
     load_examples,
+    ModelScoreCache,
     load_model,
+    model_run_key,
     render_report,
     score_model,
     summarise,
@@ -85,10 +89,33 @@ class EvalDistillRecipe:
         if unknown:
             raise ValueError(f"dataset: unknown keys {unknown} (see jsd_loss.eval.load_examples for the known ones)")
         self._examples = load_examples(**dataset)
+        self._score_cache = ModelScoreCache(Path(cfg.score_cache)) if cfg.get("score_cache") else None
+        self._settings = {
+            "examples": self._examples, "dtype": str(self._dtype), "device": self._device.type,
+            "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
+            "tokenizer_sha256": _file_sha256(cfg.tokenizer.get("path")),
+            "generation": self._generation_args(),
+        }
+
+    def _generation_args(self) -> Dict[str, int]:
+        return {"batch_size": int(self._gen.get("batch_size", 8)), "max_new_tokens": int(self._gen.get("max_new_tokens", 64)),
+                "max_prompt_tokens": int(self._gen.get("max_prompt_tokens", 512))}
 
     def _run_model(self, run: Dict[str, Any]) -> Dict[str, Any]:
         """Greedy outputs (and their tokens/s) and teacher-forced predictions of one model
-        (freed afterwards)."""
+        (freed afterwards), from the score cache when it holds them."""
+        if self._score_cache is None:
+            return self._score(run)
+        key = model_run_key(run["checkpoint_dir"], quantize=run["quantize"], settings=self._settings)
+        cached = self._score_cache.get(key)
+        if cached is not None:
+            log.info(f"{run['name']} ({run['checkpoint_dir']}): results reused from the score cache ({key[:12]})")
+            return cached
+        scored = self._score(run)
+        self._score_cache.put(key, scored)
+        return scored
+
+    def _score(self, run: Dict[str, Any]) -> Dict[str, Any]:
         model = load_model(run["checkpoint_dir"], self._dtype, self._device)
         if run["quantize"]:
             quantize(model, run["quantize"])
@@ -96,9 +123,7 @@ class EvalDistillRecipe:
         start = time.perf_counter()
         outputs = greedy_generate(
             model, self._tokenizer, self._examples, device=self._device, dtype=self._dtype,
-            batch_size=int(self._gen.get("batch_size", 8)), max_new_tokens=int(self._gen.get("max_new_tokens", 64)),
-            max_prompt_tokens=int(self._gen.get("max_prompt_tokens", 512)), desc=f"generate {run['name']}",
-            token_counts=counts,
+            **self._generation_args(), desc=f"generate {run['name']}", token_counts=counts,
         )
         seconds = time.perf_counter() - start
         return {"outputs": outputs, "generation_tokens_per_second": sum(counts) / seconds,
@@ -139,6 +164,10 @@ def _model_entry(entry: DictConfig, role: str, teacher_vocab: int) -> Dict[str, 
         raise ValueError(f"training log {entry.log_dir} of student {entry.name!r} holds no metrics")
     return {"name": entry.name, "role": role, "checkpoint_dir": entry.checkpoint_dir, "records": records,
             "quantize": _quantize_key(entry)}
+
+
+def _file_sha256(path) -> Optional[str]:
+    return sha256_files([Path(path)]) if path and Path(path).is_file() else None
 
 
 def _quantize_key(entry: DictConfig):

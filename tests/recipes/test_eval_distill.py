@@ -159,3 +159,46 @@ def test_bad_inputs_fail_before_generation(tmp_path, setup_dirs):
                 EvalDistillRecipe(OmegaConf.load(cfg)).setup()
             assert message in str(raised.value), (message, str(raised.value))
         assert not out.exists()
+
+
+def test_score_cache_reuses_each_models_results_and_scores_only_new_models(tmp_path, setup_dirs, monkeypatch):
+    root, teacher, students, data = setup_dirs
+    jsd0 = {"name": "jsd", "checkpoint_dir": str(students[0]), "log_dir": str(root / "log_jsd0")}
+    kl = {"name": "kl", "checkpoint_dir": str(students[2]), "log_dir": str(root / "log_kl")}
+    jsd1 = {"name": "jsd", "checkpoint_dir": str(students[1]), "log_dir": str(root / "log_jsd1")}
+    scores = tmp_path / "scores"
+
+    def evaluate(student_list, **overrides):
+        cfg = _config(root, teacher, students, data, tmp_path / "out", student_list=student_list,
+                      **{"score_cache": str(scores), **overrides})
+        recipe = EvalDistillRecipe(OmegaConf.load(cfg))
+        recipe.setup()
+        return recipe.evaluate()
+
+    scored = []
+    real_score = EvalDistillRecipe._score
+    monkeypatch.setattr(EvalDistillRecipe, "_score", lambda self, run: scored.append(run["checkpoint_dir"])
+                        or real_score(self, run))
+    first = evaluate([jsd0, kl])
+    # the reference "untuned" has the kl student's weights: within one eval too, they run once
+    assert scored == [str(teacher), str(students[2]), str(students[0])]
+    scored.clear()
+    # a second seed: only its model runs
+    second = evaluate([jsd0, kl, jsd1])
+    assert scored == [str(students[1])]
+    by_dir = {m["checkpoint_dir"]: m for m in first["models"]}
+    for m in second["models"]:
+        if m["checkpoint_dir"] in by_dir and m["name"] == by_dir[m["checkpoint_dir"]]["name"]:
+            assert m["outputs"] == by_dir[m["checkpoint_dir"]]["outputs"]
+            assert m["nll_per_token"] == by_dir[m["checkpoint_dir"]]["nll_per_token"]
+    # and the same run without the cache gives the same scores
+    scored.clear()
+    fresh = evaluate([jsd0, kl, jsd1], score_cache=None)
+    assert len(scored) == 5  # teacher, reference, three students
+    for a, b in zip(second["models"], fresh["models"]):
+        assert a["outputs"] == b["outputs"] and a["nll_per_token"] == pytest.approx(b["nll_per_token"], abs=0)
+        assert a["teacher_top1_agreement"] == b["teacher_top1_agreement"]
+    # a changed setting is a different key: everything runs again
+    scored.clear()
+    evaluate([jsd0, kl], **{"generation.max_new_tokens": 5})
+    assert len(scored) == 3
