@@ -13,6 +13,7 @@ from jsd_loss.checkpointing import load_state_dict
 from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
 from jsd_loss.teacher import TeacherEnsemble
 from tests.conftest import REPO, TINY, TINY_MODEL, metrics, tiny_config, write_tiny_hf_dir
+from tests.recipes.test_jsd_distill_distributed import tune_run_distributed
 
 SHORT = {"max_steps_per_epoch": 3, "save_every_n_steps": None}
 STEP_KEYS = ("loss", "class_loss", "kd_loss", "grad_norm", "lr")
@@ -72,15 +73,21 @@ def test_two_identical_multi_teachers_train_as_one_teacher(tmp_path, tiny_dirs, 
         torch.testing.assert_close(got_w[k], ref_w[k], rtol=1e-4, atol=1e-6)
 
 
+WIDE = {**TINY, "embed_dim": 48, "num_heads": 6, "num_kv_heads": 3, "intermediate_dim": 96}
+
+
+def wide_pair(tmp_path, tiny_dirs, teacher_dir, fusion):
+    """The tiny teacher and a wider one (its own random weights), as teachers: overrides."""
+    wide_dir = write_tiny_hf_dir(tmp_path / "wide", seed=3, tokenizer_from=teacher_dir, initializer_range=0.3,
+                                 **{k: WIDE[k] for k in ("embed_dim", "num_heads", "num_kv_heads", "intermediate_dim")})
+    return teachers(member("tiny", tiny_dirs[0], 0.7), member("wide", wide_dir, 0.3,
+                    {"_component_": "jsd_loss.models.smollm2.smollm2", **WIDE}), fusion=fusion)
+
+
 def test_multi_teachers_of_different_sizes_train_in_the_logit_and_the_fused_forms(tmp_path, tiny_dirs, teacher_dir):
     """A wider second teacher: chunked and fused-linear give the same run, and it differs from
     the first teacher alone."""
-    wide = {**TINY, "embed_dim": 48, "num_heads": 6, "num_kv_heads": 3, "intermediate_dim": 96}
-    wide_dir = write_tiny_hf_dir(tmp_path / "wide", seed=3, tokenizer_from=teacher_dir, initializer_range=0.3,
-                                 **{k: v for k, v in wide.items() if k in ("embed_dim", "num_heads", "num_kv_heads",
-                                                                          "intermediate_dim")})
-    pair = teachers(member("tiny", tiny_dirs[0], 0.7), member("wide", wide_dir, 0.3,
-                    {"_component_": "jsd_loss.models.smollm2.smollm2", **wide}), fusion="product")
+    pair = wide_pair(tmp_path, tiny_dirs, teacher_dir, "product")
     _, chunked, _ = run(tmp_path, "chunked", tiny_dirs, kd_loss=CHUNKED_T, **pair)
     _, fused, _ = run(tmp_path, "fused", tiny_dirs, kd_loss=FUSED, **pair)
     _, alone, _ = run(tmp_path, "alone", tiny_dirs, kd_loss=FUSED)
@@ -88,6 +95,22 @@ def test_multi_teachers_of_different_sizes_train_in_the_logit_and_the_fused_form
         for key in STEP_KEYS:
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
     assert all(r["kd_loss"] > 0 for r in fused) and fused[0]["kd_loss"] != pytest.approx(alone[0]["kd_loss"], rel=1e-3)
+
+
+def test_two_ranks_with_multi_teachers_match_single_device(tmp_path, tiny_dirs, teacher_dir):
+    """FSDP2 on 2 gloo ranks: each teacher sharded as the single one is; min_ce with the
+    fused-linear loss (the members' roots stay unsharded for their output weights)."""
+    pair = wide_pair(tmp_path, tiny_dirs, teacher_dir, "min_ce")
+    common = {**SHORT, "max_steps_per_epoch": 2, "kd_loss": FUSED, **pair}
+    single, dist = tmp_path / "single", tmp_path / "dist"
+    single.mkdir(), dist.mkdir()
+    train(tiny_config(single, *tiny_dirs, **common, batch_size=4))
+    tune_run_distributed(tiny_config(dist, *tiny_dirs, **common, batch_size=2))
+    ref, got = metrics(single / "out"), metrics(dist / "out")
+    assert [r["step"] for r in got] == [1, 2]
+    for a, b in zip(ref, got):
+        for key in ("loss", "class_loss", "kd_loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), (a["step"], key)
 
 
 def test_multi_teacher_configs_that_cannot_work_are_refused_before_weights_load(tmp_path, tiny_dirs, monkeypatch):
