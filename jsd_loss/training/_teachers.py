@@ -69,13 +69,17 @@ def teachers_config(cfg: DictConfig, *, features: bool = False, seq_kd: bool = F
     features, generates with the teacher).
 
     Raises:
-        ValueError: naming the keys, for ``teachers:`` beside ``teacher_model`` or
+        ValueError: naming the keys, for no teacher at all, ``teachers:`` beside ``teacher_model`` or
             ``teacher_checkpointer``, a malformed block, an unknown fusion, weights that are
             not positive, names that repeat, and what several teachers do not support: a
             ``teacher_cache``, feature distillation, on-policy ``seq_kd``.
     """
     block = cfg.get("teachers", None)
     if block is None:
+        missing = [k for k in ("teacher_model", "teacher_checkpointer") if cfg.get(k, None) is None]
+        if missing:
+            raise ValueError(f"no teacher: {' and '.join(missing)} missing; give teacher_model and "
+                             "teacher_checkpointer, or several teachers under teachers:")
         return TeachersConfig((TeacherSpec("teacher", 1.0, cfg.teacher_model, cfg.teacher_checkpointer),))
     single = [k for k in ("teacher_model", "teacher_checkpointer") if cfg.get(k, None) is not None]
     if single:

@@ -67,5 +67,7 @@ def test_malformed_multi_teacher_blocks_are_refused():
         teachers_config(OmegaConf.create({"teachers": {"members": [], "mode": "x"}}))
     with pytest.raises(ValueError, match=r"teachers.members\[0\] must be a mapping with name, model, checkpointer"):
         teachers_config(OmegaConf.create({"teachers": {"members": [{"name": "a", "model": MODEL}]}}))
+    with pytest.raises(ValueError, match="no teacher: teacher_checkpointer missing; give teacher_model and"):
+        teachers_config(OmegaConf.create({"teacher_model": MODEL}))
     with pytest.raises(ValueError, match="teachers: and teacher_model and teacher_checkpointer are both given"):
         teachers_config(OmegaConf.merge(_cfg(), _listed("a")))
