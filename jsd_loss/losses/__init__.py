@@ -37,6 +37,8 @@ from jsd_loss.losses._functional import (
     kl_divergence,
     student_divergence,
 )
+from jsd_loss.losses._fused_teachers import FusedTeachers
+from jsd_loss.losses._fusion import FUSIONS, check_fusion, fuse_logits, sequence_ce, token_ce
 from jsd_loss.losses._fused_linear import (
     FusedLinearDivergenceLoss,
     FusedLinearJSDistillLoss,
@@ -52,6 +54,7 @@ from jsd_loss.losses._topk_divergence import (
 
 __all__ = [
     "FEATURE_LOSSES",
+    "FUSIONS",
     "AdaptiveKLDistillLoss",
     "AdaptiveKLDivergence",
     "AlphaBetaDistillLoss",
@@ -64,6 +67,7 @@ __all__ = [
     "FusedLinearDivergenceLoss",
     "FusedLinearJSDistillLoss",
     "FusedLinearKLDistillLoss",
+    "FusedTeachers",
     "JSDistillLoss",
     "JSDistillWithChunkedOutputLoss",
     "JSDivergence",
@@ -79,16 +83,20 @@ __all__ = [
     "adaptive_kl_and_grad",
     "alpha_beta_divergence",
     "alpha_beta_divergence_and_grad",
+    "check_fusion",
     "divergence_of_logits",
     "feature_loss",
     "feature_token_loss",
+    "fuse_logits",
     "generalized_jsd",
     "generalized_jsd_and_grad",
     "kl_divergence",
+    "sequence_ce",
     "skew_kl",
     "skew_kl_and_grad",
     "student_divergence",
     "student_divergence_of_logits",
+    "token_ce",
     "topk_from_logits",
     "topk_generalized_jsd",
     "topk_generalized_jsd_and_grad",

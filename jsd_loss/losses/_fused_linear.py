@@ -20,6 +20,7 @@ from jsd_loss.losses._autocast import _autocast_dtype
 from jsd_loss.losses._divergence import Divergence, as_divergence
 from jsd_loss.losses._divergences import JSDivergence, KLDivergence
 from jsd_loss.losses._functional import _check_temperature
+from jsd_loss.losses._fused_teachers import FusedTeachers
 from jsd_loss.losses._fused_linear_function import _FusedLinearDistillFunction
 from jsd_loss.losses._interface import FusedLinearDistillLoss
 from jsd_loss.losses._topk import TopKDistribution, _topk_for_tokens
@@ -70,7 +71,7 @@ class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
         self,
         student_hidden: torch.Tensor,
         student_weight: torch.Tensor,
-        teacher_hidden: Union[torch.Tensor, TopKDistribution],
+        teacher_hidden: Union[torch.Tensor, TopKDistribution, FusedTeachers],
         teacher_weight: Optional[torch.Tensor],
         labels: torch.Tensor,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
@@ -82,9 +83,10 @@ class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
                 ``nn.Linear.weight``: shape (V, D).
             teacher_hidden (Union[torch.Tensor, TopKDistribution]): teacher final hidden
                 states, shape (N, Dt) (or (B, T, Dt)), a constant (no gradient); or a
-                top-k + tail teacher (N, k) (or (B, T, k)) already at ``temperature``.
+                top-k + tail teacher (N, k) (or (B, T, k)) already at ``temperature``; or
+                several teachers' hidden states and output weights, fused chunk by chunk.
             teacher_weight (Optional[torch.Tensor]): teacher output projection, shape
-                (V, Dt), a constant; ``None`` with a top-k teacher.
+                (V, Dt), a constant; ``None`` with a top-k teacher or several teachers.
             labels (torch.Tensor): shape (N,) (or (B, T)); ``ignore_index`` tokens are
                 skipped entirely.
 
@@ -95,6 +97,8 @@ class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
         """
         if isinstance(teacher_hidden, TopKDistribution):
             return self._forward_topk(student_hidden, student_weight, teacher_hidden, teacher_weight, labels)
+        if isinstance(teacher_hidden, FusedTeachers):
+            return self._forward_fused(student_hidden, student_weight, teacher_hidden, teacher_weight, labels)
         student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
         teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.size(-1))
         labels = labels.reshape(-1)
@@ -143,6 +147,27 @@ class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
             student_hidden, student_weight, teacher, None, labels, self.divergence,
             self.temperature, self.ignore_index, self.chunk_size, self.return_ce,
             _autocast_dtype(student_hidden.device),
+        )
+
+
+    def _forward_fused(self, student_hidden, student_weight, teachers, teacher_weight, labels):
+        """:meth:`forward` for several teachers: each chunk's teacher logits are their fusion."""
+        if teacher_weight is not None:
+            raise ValueError("teacher_weight must be None when the teachers come as FusedTeachers")
+        student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
+        if student_hidden.size(-1) != student_weight.size(1):
+            raise ValueError(
+                f"student hidden dim {student_hidden.size(-1)} does not match the output "
+                f"weight of shape {tuple(student_weight.shape)}"
+            )
+        if student_hidden.size(0) != labels.numel():
+            raise ValueError(f"token counts differ: student {student_hidden.size(0)}, labels {labels.numel()}")
+        matmul_dtype = _autocast_dtype(student_hidden.device)
+        teachers = teachers.for_tokens(labels, self.ignore_index, student_weight.size(0), self.chunk_size,
+                                       matmul_dtype)
+        return _FusedLinearDistillFunction.apply(
+            student_hidden, student_weight, teachers, None, labels.reshape(-1), self.divergence,
+            self.temperature, self.ignore_index, self.chunk_size, self.return_ce, matmul_dtype,
         )
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from jsd_loss.losses._autocast import _autocast_off
 from jsd_loss.losses._divergence import Divergence
+from jsd_loss.losses._fused_teachers import FusedTeachers
 from jsd_loss.losses._topk import TopKDistribution
 
 
@@ -68,6 +69,8 @@ class _FusedLinearDistillFunction(torch.autograd.Function):
             s_logits = h @ s_weight.t()
             if isinstance(teacher_hidden, TopKDistribution):
                 t_rows = teacher_hidden.select(idx)
+            elif isinstance(teacher_hidden, FusedTeachers):  # several teachers: this chunk's fusion
+                t_rows = teacher_hidden.logits(idx, temperature)
             else:
                 t_rows = teacher_hidden[idx].to(teacher_weight.dtype) @ teacher_weight.t()
             kd_tok, g_logits = divergence.logits_value_and_grad(s_logits, t_rows, temperature)

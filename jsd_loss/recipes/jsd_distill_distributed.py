@@ -8,9 +8,9 @@
 # training loop is one) and replaces only what distribution changes, so the two cannot drift
 # apart; model setup and saving are jsd_loss.training's for both:
 #   - process group: NCCL on CUDA, gloo on CPU (initialised in recipe_main);
-#   - student and teacher built on meta and sharded with FSDP2 (training.shard_model; also
-#     custom_sharded_layers), weights loaded from the full state dict with
-#     training.load_from_full_model_state_dict;
+#   - student and teacher (each of ``teachers:`` alike) built on meta and sharded with FSDP2
+#     (training.shard_model; also custom_sharded_layers), weights loaded from the full state
+#     dict with training.load_from_full_model_state_dict;
 #   - each rank reads its own shard of every batch (distributed sampler); the step's token
 #     count and losses are all-reduced, and gradients rescaled by world_size / tokens to undo
 #     FSDP2's gradient averaging, so a step equals the single-device step at the same global batch;

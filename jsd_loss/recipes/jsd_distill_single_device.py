@@ -28,6 +28,13 @@
 #     jsd_loss/recipes/cache_teacher.py instead of computed; the teacher is then not loaded
 #     (unless ``teacher_cache_fallback: live`` for rows the cache lacks), and a cache of
 #     another teacher, tokenizer, dataset, max_seq_len or temperature is refused at setup;
+#   - ``teachers:`` (beside the single ``teacher_model``/``teacher_checkpointer``, not with
+#     them): several teachers of one tokenizer and vocabulary, each a name, a weight, a model and
+#     a checkpointer, fused by ``teachers.fusion`` (mixture, product, min_ce;
+#     jsd_loss.teacher.TeacherEnsemble) into the one teacher every KD loss form sees; each is
+#     checked as the single teacher is (checkpoints, shapes on meta, vocabulary, also against
+#     the others) and belongs to the resume identity; not with a teacher_cache, feature
+#     distillation or on-policy seq_kd (refused at setup);
 #   - ``feature_distillation``: an optional feature term (the student's intermediate features
 #     against the teacher's, from the same teacher forward; jsd_loss.training's
 #     FeatureDistiller), its learned projections saved in the recipe state only;
@@ -73,7 +80,7 @@ from jsd_loss.training import (
     batch_teacher,
     build_dataloader,
     capture_features,
-    check_checkpoints,
+    check_teacher_checkpoints,
     check_resume,
     checked_keep_last_n,
     check_models_agree,
@@ -106,8 +113,11 @@ from jsd_loss.training import (
     setup_student,
     setup_teacher,
     steps_per_epoch,
+    teachers_config,
+    TeachersConfig,
     write_checkpoint,
 )
+from jsd_loss.teacher import TeacherEnsemble, teacher_members
 
 log = utils.get_logger("INFO")
 
@@ -143,6 +153,10 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._dtype = self._precision.dtype
         self._feature_config = feature_config(cfg)  # None: off
         self._on_policy_config = on_policy_config(cfg)  # None: off; refuses what cannot work
+        self._teachers = teachers_config(  # the single teacher or teachers:; refuses what cannot work
+            cfg, features=self._feature_config is not None,
+            seq_kd=self._on_policy_config is not None and self._on_policy_config.seq_kd,
+        )
         if self._device.type == "cpu" and cfg.get("keep_freed_cpu_memory", False):
             keep_freed_cpu_memory()  # fewer page faults on each step's large tensors
 
@@ -170,20 +184,23 @@ class KDRecipeSingleDevice(FTRecipeInterface):
 
     def _validate_inputs(self, cfg: DictConfig) -> None:
         """Cheap checks that must fail before any model is built or data tokenized."""
-        self._student_hf_config, teacher_hf_config = check_checkpoints(cfg.checkpointer, cfg.teacher_checkpointer)
+        # every teacher against the student (and the others): vocabulary, tokenizer, checksums
+        self._student_hf_config, teacher_hf_configs = check_teacher_checkpoints(cfg.checkpointer, self._teachers)
         self._student_dir = Path(cfg.checkpointer.checkpoint_dir)
         # the models as their configs build them, on meta (no memory, no weights read): of
         # their checkpoints' shapes, and a student that saving can convert
         student = checked_meta_model(cfg.model, self._dtype, self._student_hf_config, "student", self._student_dir)
-        checked_meta_model(cfg.teacher_model, self._precision.teacher_dtype, teacher_hf_config, "teacher",
-                           Path(cfg.teacher_checkpointer.checkpoint_dir))
+        for teacher, teacher_hf_config in zip(self._teachers.members, teacher_hf_configs):
+            checked_meta_model(teacher.model, self._precision.teacher_dtype, teacher_hf_config, teacher.who,
+                               teacher.checkpoint_dir)
         self._to_hf = hf_converter(cfg.checkpointer, self._student_hf_config, student, cfg.get("hf_converter"))
         self._run_identity = run_identity(  # what a resume must keep
             cfg, self.world_size, model_shape(student),
             adapter_identity(student, cfg.model.get("lora_rank"), cfg.model.get("lora_alpha")),
+            teachers=self._teachers.identity(),
         )
-        self._features = setup_feature_distillation(  # the layer map checked; None when off
-            self._feature_config, self._student_hf_config, teacher_hf_config, self._student_dir,
+        self._features = setup_feature_distillation(  # the layer map checked; None when off (one teacher)
+            self._feature_config, self._student_hf_config, teacher_hf_configs[0], self._student_dir,
             seed=self.seed, device=self._device,
         )
         # removed once setup has succeeded
@@ -251,11 +268,9 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         )
         self._teacher_model = None
         if live_teacher:
-            self._teacher_model = self._setup_teacher_model(
-                model_cfg=cfg.teacher_model,
-                model_state_dict=config.instantiate(cfg.teacher_checkpointer).load_checkpoint()[training.MODEL_KEY],
-            )
-        check_models_agree(self._model, self._teacher_model or self._model, self._tokenizer)
+            self._teacher_model = self._setup_teachers(self._teachers)
+        for teacher in teacher_members(self._teacher_model) or [self._model]:
+            check_models_agree(self._model, teacher, self._tokenizer)
         if not self._fused_kd and self._losses.num_output_chunks:
             for model in (self._model, self._teacher_model):
                 if model is not None:
@@ -335,15 +350,31 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._barrier()
         return model
 
-    def _setup_teacher_model(self, model_cfg: DictConfig, model_state_dict: Dict[str, Any]) -> nn.Module:
+    def _setup_teacher_model(self, model_cfg: DictConfig, model_state_dict: Dict[str, Any],
+                             who: str = "teacher") -> nn.Module:
         model = setup_teacher(
             model_cfg, model_state_dict, device=self._device, dtype=self._precision.teacher_dtype,
             on_meta=self._build_on_meta, load=self._load_weights,
         )
         self._check_model(model, self._precision.teacher_dtype)
-        utils.log_rank_zero(log, f"Teacher model is initialized with precision {self._precision.teacher_dtype}.")
+        utils.log_rank_zero(log, f"{who[0].upper() + who[1:]} model is initialized with precision {self._precision.teacher_dtype}.")
         self._barrier()
         return model
+
+    def _setup_teachers(self, teachers: TeachersConfig) -> nn.Module:
+        """The single teacher, or the listed ones (each set up as the single one is, one
+        checkpoint in memory at a time) as one TeacherEnsemble."""
+        models = [
+            self._setup_teacher_model(t.model, config.instantiate(t.checkpointer).load_checkpoint()[training.MODEL_KEY],
+                                      who=t.who)
+            for t in teachers.members
+        ]
+        if not teachers.listed:
+            return models[0]
+        utils.log_rank_zero(log, f"{len(models)} teachers fused by {teachers.fusion}: " + ", ".join(
+            f"{t.name} (weight {t.weight:g})" for t in teachers.members))
+        return TeacherEnsemble(models, [t.name for t in teachers.members], [t.weight for t in teachers.members],
+                               teachers.fusion)
 
     # ------------------------------------------------------------------ checkpoints
 

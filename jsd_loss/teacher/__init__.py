@@ -1,10 +1,12 @@
 """The teacher, computed once: a top-k cache of its distributions that many students train
-from without loading it (layer 2: builds on losses, metrics and checkpointing only).
+from without loading it; and several teachers fused into one (``TeacherEnsemble``)
+(layer 2: builds on losses, metrics and checkpointing only).
 
 Build one with ``tune run jsd_loss/recipes/cache_teacher.py --config ...``; a distillation
 config uses it through ``teacher_cache: DIR``.
 """
 
+from jsd_loss.teacher._ensemble import TeacherEnsemble, teacher_members
 from jsd_loss.teacher._build import build_topk_cache, label_positions, prepare_cache_dir
 from jsd_loss.teacher._fingerprint import (
     dataset_sha256,
@@ -27,6 +29,7 @@ __all__ = [
     "CacheManifest",
     "RowNotCachedError",
     "ShardRecord",
+    "TeacherEnsemble",
     "TopKTeacherCache",
     "build_topk_cache",
     "cached_teacher",
@@ -38,6 +41,7 @@ __all__ = [
     "prepare_cache_dir",
     "rows_drawn",
     "sha256_files",
+    "teacher_members",
     "teacher_sha256",
     "token_hash",
     "tokenizer_sha256",

@@ -57,6 +57,7 @@ from jsd_loss.training._on_policy import (
 from jsd_loss.training._on_policy_config import OnPolicyConfig, check_prompts, on_policy_config, prompt_length
 from jsd_loss.training._nonfinite import DEFAULT_MAX_SKIPPED_STEPS, NonFiniteSteps, loss_labels
 from jsd_loss.training._precision import Precision, precision_from_config
+from jsd_loss.training._teachers import TeacherSpec, TeachersConfig, check_teacher_checkpoints, teachers_config
 from jsd_loss.training._resume import RNG_KEY, RUN_KEY, check_resume, rng_state, run_identity, set_rng_state
 from jsd_loss.training._schedules import (
     ConstantSchedule,
@@ -114,6 +115,8 @@ __all__ = [
     "SHAPE_KEYS",
     "SHARDING_ONLY",
     "TARGETS",
+    "TeacherSpec",
+    "TeachersConfig",
     "adapter_identity",
     "adapter_state",
     "batch_prompts",
@@ -127,6 +130,7 @@ __all__ = [
     "check_checkpoints",
     "check_model_shape",
     "check_resume",
+    "check_teacher_checkpoints",
     "checked_keep_last_n",
     "checked_meta_model",
     "check_models_agree",
@@ -175,6 +179,7 @@ __all__ = [
     "set_rng_state",
     "setup_teacher",
     "steps_per_epoch",
+    "teachers_config",
     "text_vocab_size",
     "unpacked",
     "write_checkpoint",

@@ -18,7 +18,7 @@ def check_checkpoint_files(ckpt: DictConfig, who: str) -> None:
             raise FileNotFoundError(f"{who} checkpoint file not found: {Path(ckpt.checkpoint_dir) / name}")
 
 
-def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, dict]:
+def check_checkpoints(student: DictConfig, teacher: DictConfig, who: str = "teacher") -> Tuple[dict, dict]:
     """``config.json`` of the student's and the teacher's checkpoint directories, once their
     checkpoint files exist, match their ``checksums.json`` (directories written here have one;
     hashing is about 1 GB/s) and the two agree on vocabulary and tokenizer.
@@ -27,6 +27,7 @@ def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, d
         student (DictConfig): the student's checkpointer config (``checkpoint_dir``,
             ``checkpoint_files``).
         teacher (DictConfig): the teacher's.
+        who (str): how messages name the teacher. Default: "teacher"
 
     Returns:
         Tuple[dict, dict]: the student's and the teacher's ``config.json``.
@@ -38,7 +39,7 @@ def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, d
     student_dir, teacher_dir = Path(student.checkpoint_dir), Path(teacher.checkpoint_dir)
     student_cfg, teacher_cfg = read_config(student_dir), read_config(teacher_dir)
     check_checkpoint_files(student, "student")
-    check_checkpoint_files(teacher, "teacher")
+    check_checkpoint_files(teacher, who)
     # torchtune's checkpointer reads safetensors unverified; only the files it reads are checked (its
     # outputs carry a copy of the input dir's checksums.json, which lists the input's weight files)
     for ckpt, directory in ((student, student_dir), (teacher, teacher_dir)):
@@ -47,7 +48,7 @@ def check_checkpoints(student: DictConfig, teacher: DictConfig) -> Tuple[dict, d
     if student_cfg.get("vocab_size") != teacher_cfg.get("vocab_size"):
         raise ValueError(
             f"vocab mismatch: student ({student_dir}) has vocab_size {student_cfg.get('vocab_size')}, "
-            f"teacher ({teacher_dir}) has {teacher_cfg.get('vocab_size')}; distillation compares "
+            f"{who} ({teacher_dir}) has {teacher_cfg.get('vocab_size')}; distillation compares "
             "distributions over the same vocabulary"
         )
     tok_files = [d / "tokenizer.json" for d in (student_dir, teacher_dir)]

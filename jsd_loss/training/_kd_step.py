@@ -12,6 +12,7 @@ from torch import nn
 from torchtune import config, modules
 
 from jsd_loss.losses import FusedLinearDistillLoss, TopKDistribution
+from jsd_loss.teacher import TeacherEnsemble
 
 
 @contextlib.contextmanager
@@ -51,6 +52,11 @@ class KDLosses:
     def ignore_index(self) -> int:
         return self.loss.ignore_index
 
+    @property
+    def temperature(self) -> float:
+        """The KD loss's temperature now (1 for a loss without one, e.g. torchtune's)."""
+        return getattr(self.kd_loss, "temperature", 1.0)
+
 
 def setup_losses(cfg_loss: DictConfig, cfg_kd_loss: DictConfig) -> KDLosses:
     """Instantiate both losses; a chunked CE needs a KD loss with the same number of chunks
@@ -86,8 +92,10 @@ def kd_step(
 
     Args:
         student (nn.Module): the student (its ``num_output_chunks`` set as ``losses`` needs).
-        teacher (Union[nn.Module, TopKDistribution]): the teacher (likewise), or its cached
-            top-k distributions for this batch, (B, T, k).
+        teacher (Union[nn.Module, TopKDistribution]): the teacher (likewise), several
+            (a :class:`~jsd_loss.teacher.TeacherEnsemble`: the loss gets their fusion at its
+            temperature, from each member's logits or, fused-linear, hidden states), or the
+            cached top-k distributions for this batch, (B, T, k).
         tokens (torch.Tensor): input tokens, (B, T).
         labels (torch.Tensor): next-token labels (already shifted), (B, T).
         losses (KDLosses): the two losses.
@@ -106,6 +114,13 @@ def kd_step(
             hidden = student(tokens, mask=mask, input_pos=input_pos).to(dtype)
         if cached:
             teacher_hidden, teacher_weight = teacher, None
+        elif isinstance(teacher, TeacherEnsemble):
+            members_hidden = []
+            for member in teacher.members:
+                with torch.no_grad(), hidden_state_output(member):
+                    members_hidden.append(member(tokens, mask=mask, input_pos=input_pos))
+            teacher_hidden = teacher.fused_hidden(members_hidden, [weight_of(m) for m in teacher.members])
+            teacher_weight = None
         else:
             with torch.no_grad(), hidden_state_output(teacher):
                 # in the teacher's own dtype: the loss casts it for its matmul
@@ -127,6 +142,10 @@ def kd_step(
     logits = student(tokens, mask=mask, input_pos=input_pos)
     if cached:
         teacher_logits = teacher
+    elif isinstance(teacher, TeacherEnsemble):
+        with torch.no_grad():
+            teacher_logits = teacher(tokens, mask=mask, input_pos=input_pos, labels=labels,
+                                     temperature=losses.temperature, ignore_index=losses.ignore_index)
     else:
         with torch.no_grad():
             teacher_logits = teacher(tokens, mask=mask, input_pos=input_pos)

@@ -23,15 +23,18 @@ _WHY = {
     "tokenizer.max_seq_len": "the tokenized rows",
     "model_shape": "the model the checkpoint holds",
     "adapters": "the student's LoRA/DoRA adapters (modules, rank, alpha)",
+    "teachers": "the teachers the student learns from (names, weights, checkpoints, fusion)",
 }
 
 
 def run_identity(
-    cfg: DictConfig, world_size: int, model_shape: Dict[str, Any], adapters: Optional[Dict[str, Any]] = None
+    cfg: DictConfig, world_size: int, model_shape: Dict[str, Any], adapters: Optional[Dict[str, Any]] = None,
+    teachers: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The settings of this run that a resume must keep (plain values: the recipe state is
     read with ``weights_only=True``); ``adapters``: the student's
-    :func:`~jsd_loss.training.adapter_identity` (None: full-parameter)."""
+    :func:`~jsd_loss.training.adapter_identity` (None: full-parameter); ``teachers``: the
+    teachers' :meth:`~jsd_loss.training.TeachersConfig.identity` (None: not recorded)."""
     return {
         "world_size": world_size,
         "batch_size": cfg.batch_size,
@@ -43,6 +46,7 @@ def run_identity(
         "tokenizer.max_seq_len": OmegaConf.select(cfg, "tokenizer.max_seq_len", default=None),
         "model_shape": dict(model_shape),
         "adapters": adapters,
+        **({"teachers": teachers} if teachers is not None else {}),
     }
 
 
