@@ -151,5 +151,18 @@ def tune_run(config: Path, *args: str, recipe=SINGLE_DEVICE, check=True):
     return proc
 
 
+def train_in_process(config: Path):
+    """The single-device recipe's ``recipe_main`` without the CLI: construct, set up, train,
+    clean up; returns the recipe."""
+    from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
+
+    cfg = OmegaConf.load(config)
+    recipe = KDRecipeSingleDevice(cfg)
+    recipe.setup(cfg)
+    recipe.train()
+    recipe.cleanup()
+    return recipe
+
+
 def metrics(out: Path):
     return [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines()]

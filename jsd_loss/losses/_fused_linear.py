@@ -130,14 +130,7 @@ class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
 
     def _forward_topk(self, student_hidden, student_weight, teacher, teacher_weight, labels):
         """:meth:`forward` for a top-k + tail teacher: its rows replace the teacher logits."""
-        if teacher_weight is not None:
-            raise ValueError("teacher_weight must be None when the teacher is a TopKDistribution")
-        student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
-        if student_hidden.size(-1) != student_weight.size(1):
-            raise ValueError(
-                f"student hidden dim {student_hidden.size(-1)} does not match the output "
-                f"weight of shape {tuple(student_weight.shape)}"
-            )
+        student_hidden = _flat_student(student_hidden, student_weight, teacher_weight, "the teacher is a TopKDistribution")
         labels = labels.reshape(-1)
         teacher = _topk_for_tokens(
             teacher, student_hidden.size(0), labels, self.ignore_index,
@@ -149,17 +142,9 @@ class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
             _autocast_dtype(student_hidden.device),
         )
 
-
     def _forward_fused(self, student_hidden, student_weight, teachers, teacher_weight, labels):
         """:meth:`forward` for several teachers: each chunk's teacher logits are their fusion."""
-        if teacher_weight is not None:
-            raise ValueError("teacher_weight must be None when the teachers come as FusedTeachers")
-        student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
-        if student_hidden.size(-1) != student_weight.size(1):
-            raise ValueError(
-                f"student hidden dim {student_hidden.size(-1)} does not match the output "
-                f"weight of shape {tuple(student_weight.shape)}"
-            )
+        student_hidden = _flat_student(student_hidden, student_weight, teacher_weight, "the teachers come as FusedTeachers")
         if student_hidden.size(0) != labels.numel():
             raise ValueError(f"token counts differ: student {student_hidden.size(0)}, labels {labels.numel()}")
         matmul_dtype = _autocast_dtype(student_hidden.device)
@@ -169,6 +154,20 @@ class FusedLinearDivergenceLoss(FusedLinearDistillLoss):
             student_hidden, student_weight, teachers, None, labels.reshape(-1), self.divergence,
             self.temperature, self.ignore_index, self.chunk_size, self.return_ce, matmul_dtype,
         )
+
+
+def _flat_student(student_hidden, student_weight, teacher_weight, teacher_is: str) -> torch.Tensor:
+    """The student hidden states as (N, D), checked against its output weight, for a teacher
+    that brings its own logits (``teacher_weight`` must then be None)."""
+    if teacher_weight is not None:
+        raise ValueError(f"teacher_weight must be None when {teacher_is}")
+    student_hidden = student_hidden.reshape(-1, student_hidden.size(-1))
+    if student_hidden.size(-1) != student_weight.size(1):
+        raise ValueError(
+            f"student hidden dim {student_hidden.size(-1)} does not match the output "
+            f"weight of shape {tuple(student_weight.shape)}"
+        )
+    return student_hidden
 
 
 class FusedLinearJSDistillLoss(FusedLinearDivergenceLoss):

@@ -16,6 +16,7 @@ from jsd_loss.recipes.jsd_distill_distributed import KDRecipeDistributed
 from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
 from jsd_loss.training import FEATURE_STATE, TARGETS, build_dataloader
 from tests.conftest import DOLLY, TINY, TINY_MODEL, metrics, tiny_config, write_tiny_hf_dir
+from tests.conftest import train_in_process as train
 from tests.jsd_loss.training.test_features import manual_features
 from tests.recipes.test_jsd_distill_distributed import tune_run_distributed
 
@@ -25,16 +26,6 @@ STEP_KEYS = ("loss", "class_loss", "kd_loss", "grad_norm", "lr")
 
 def features(weight=1.0, **block):
     return {"feature_distillation": {"weight": weight, **block}}
-
-
-def train(path):
-    """The recipe's ``recipe_main`` without the CLI: construct, set up, train, clean up."""
-    cfg = OmegaConf.load(path)
-    recipe = KDRecipeSingleDevice(cfg)
-    recipe.setup(cfg)
-    recipe.train()
-    recipe.cleanup()
-    return recipe
 
 
 def _dir(tmp_path, name):

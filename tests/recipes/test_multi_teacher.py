@@ -13,6 +13,7 @@ from jsd_loss.checkpointing import load_state_dict
 from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
 from jsd_loss.teacher import TeacherEnsemble
 from tests.conftest import REPO, TINY, TINY_MODEL, metrics, tiny_config, write_tiny_hf_dir
+from tests.conftest import train_in_process as train
 from tests.recipes.test_jsd_distill_distributed import tune_run_distributed
 
 SHORT = {"max_steps_per_epoch": 3, "save_every_n_steps": None}
@@ -33,15 +34,6 @@ def teachers(*members, fusion="mixture"):
     """Overrides for tiny_config: these teachers instead of teacher_model/teacher_checkpointer."""
     return {"teachers": {"fusion": fusion, "members": list(members)},
             "teacher_model": None, "teacher_checkpointer": None}
-
-
-def train(path):
-    cfg = OmegaConf.load(path)
-    recipe = KDRecipeSingleDevice(cfg)
-    recipe.setup(cfg)
-    recipe.train()
-    recipe.cleanup()
-    return recipe
 
 
 def run(tmp_path, name, tiny_dirs, **overrides):
