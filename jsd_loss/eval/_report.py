@@ -1,13 +1,41 @@
 """The markdown report: the summary table (mean ± std over seeds, relative differences
 against the baseline), the paired comparisons, and the per-category scores."""
 
-from typing import Any, Dict
+from collections import defaultdict
+from typing import Any, Dict, List, Optional
 
 def fmt_stat(stat: Dict[str, float]) -> str:
     """``mean ± std`` of a statistic over several runs, ``mean`` of one."""
     if stat["n"] > 1:
         return f"{stat['mean']:.4g} ± {stat['std']:.2g}"
     return f"{stat['mean']:.4g}"
+
+
+def per_category_tables(models: List[Dict[str, Any]], names: List[str]) -> List[str]:
+    """Markdown lines of the per-category ROUGE-L / token F1 and reference NLL of each name,
+    each the mean over the name's runs (seeds)."""
+    runs = defaultdict(list)
+    for m in models:
+        runs[m["name"]].append(m["per_category"])
+    cats = sorted({c for m in models for c in m["per_category"]})
+
+    def mean(name: str, cat: str, key: str) -> Optional[float]:
+        values = [pc[cat][key] for pc in runs[name] if cat in pc and key in pc[cat]]
+        return sum(values) / len(values) if values else None
+
+    lines = []
+    for title, fmt_cell in (
+        ("ROUGE-L / token F1", lambda x, c: (f"{mean(x, c, 'rougeL'):.3f} / {mean(x, c, 'f1'):.3f}"
+                                             if mean(x, c, "rougeL") is not None else "–")),
+        ("reference NLL / token", lambda x, c: (f"{mean(x, c, 'nll_per_token'):.3f}"
+                                                if mean(x, c, "nll_per_token") is not None else "–")),
+    ):
+        lines += ["", f"## Per category: {title} (mean over each name's runs)", "",
+                  "| category | n | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+        for c in cats:
+            n = next(pc[c]["n"] for x in names for pc in runs[x] if c in pc)
+            lines.append(f"| {c} | {n} | " + " | ".join(fmt_cell(x, c) for x in names) + " |")
+    return lines
 
 
 def render_report(results: Dict[str, Any], baseline: str) -> str:
@@ -80,17 +108,6 @@ def render_report(results: Dict[str, Any], baseline: str) -> str:
         for key, p in paired.items():
             lines.append(f"| {labels.get(key, key)} | {p['diff']:+.4f} | [{p['low']:+.4f}, {p['high']:+.4f}] | "
                          f"{p['p_not_above_zero']:.3f} |")
-    lines += ["", "## Per category (ROUGE-L / token F1, first run of each name)", ""]
-    cats = sorted({c for m in results["models"] for c in m["per_category"]})
-    lines.append("| category | n | " + " | ".join(names) + " |")
-    lines.append("|" + "---|" * (len(names) + 2))
-    first = {}
-    for m in results["models"]:
-        first.setdefault(m["name"], m)
-    for c in cats:
-        n = next(first[x]["per_category"][c]["n"] for x in names if c in first[x]["per_category"])
-        cells = [f"{first[x]['per_category'][c]['rougeL']:.3f} / {first[x]['per_category'][c]['f1']:.3f}"
-                 if c in first[x]["per_category"] else "–" for x in names]
-        lines.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
+    lines += per_category_tables(results["models"], names)
     lines += ["", "![loss curves](loss_curves.png)", "", "![metrics](metrics.png)", ""]
     return "\n".join(lines)

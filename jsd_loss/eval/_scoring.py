@@ -1,5 +1,6 @@
 """Scores of one model's outputs: answer quality against the references (overall, per
-category, per prompt), agreement with the teacher, reference NLL, and its training curve."""
+category, per prompt), agreement with the teacher, reference NLL (overall and per category),
+and its training curve."""
 
 import math
 from collections import defaultdict
@@ -75,6 +76,12 @@ def score_model(
         "outputs": model["outputs"],
     }
     entry["perplexity"] = math.exp(entry["nll_per_token"])
+    nll_sums, token_sums = defaultdict(float), defaultdict(int)
+    for ex, nll, n in zip(examples, tf["nll"], tf["n_tokens"]):
+        nll_sums[ex["category"]] += nll
+        token_sums[ex["category"]] += n
+    for c, scores in entry["per_category"].items():
+        scores["nll_per_token"] = nll_sums[c] / max(token_sums[c], 1)
     for key in ("quantize", "generation_tokens_per_second"):
         if model.get(key) is not None:
             entry[key] = model[key]

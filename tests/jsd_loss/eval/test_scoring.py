@@ -30,3 +30,7 @@ def test_model_entry_numbers(entries):
     assert jsd0["training"]["loss"]["final"] == pytest.approx(1.5)
     assert jsd0["curves"]["kd_loss"] == [[1, 2.0], [2, 1.5], [3, 1.0], [4, 0.75]]
     assert jsd0["per_example"]["teacher_rougeL"][0] == pytest.approx(1.0)  # "Paris" vs "Paris."
+    # rows 0, 2, 4 are open_qa: NLL 2 + 1 + 2 over 2 + 1 + 2 tokens; row 1 summarization 3 / 2
+    assert jsd0["per_category"]["open_qa"]["nll_per_token"] == pytest.approx(5.0 / 5)
+    assert jsd0["per_category"]["summarization"]["nll_per_token"] == pytest.approx(3.0 / 2)
+    assert jsd0["per_category"]["information_extraction"]["nll_per_token"] == pytest.approx(1.0 / 1)
