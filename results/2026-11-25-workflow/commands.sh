@@ -20,7 +20,18 @@ loss_args() {  # the config (and overrides) of one loss
     skew_kl) echo "--config configs/smollm2/135M_to_90M_kl_quick.yaml ~kd_loss.direction
       kd_loss._component_=jsd_loss.DistillWithChunkedOutputLoss
       kd_loss.divergence._component_=jsd_loss.SkewKLDivergence kd_loss.divergence.alpha=0.1" ;;
+    # on-policy JSD (GKD, lambda 0.5: half the steps on the student's own samples, up to 128 tokens,
+    # against the live bf16 teacher); on-policy needs unpacked rows and no cache: 4 rows a step
+    # carry about as many response tokens as 4 packs do in the other runs
+    on_policy_jsd) echo "--config configs/smollm2/135M_to_90M_gkd_quick.yaml" ;;
     *) echo "unknown loss $1" >&2; exit 2 ;;
+  esac
+}
+
+data_args() {  # packing and the teacher cache, which on-policy steps cannot use
+  case $1 in
+    on_policy_jsd) echo "dataset.packed=False" ;;
+    *) echo "dataset.packed=True teacher_cache=$OUT/cache_seed$2" ;;
   esac
 }
 
@@ -37,18 +48,19 @@ train() {
   $PY -m jsd_loss.prepare student --teacher-dir "$TEACHER" --output-dir "$STUDENT"
   for seed in $SEEDS; do
     common=(teacher_dir=$TEACHER student_dir=$STUDENT
-            seed=$seed max_steps_per_epoch=$STEPS batch_size=4 dataset.packed=True
-            lr_scheduler.num_warmup_steps=15 save_every_n_steps=50 teacher_cache=$OUT/cache_seed$seed)
+            seed=$seed max_steps_per_epoch=$STEPS batch_size=4
+            lr_scheduler.num_warmup_steps=15 save_every_n_steps=50)
     # 3. the teacher's top-128 distributions at every response token this seed's runs draw
     $TUNE run jsd_loss/recipes/cache_teacher.py --config configs/smollm2/135M_to_90M_jsd_quick.yaml \
-      "${common[@]}" cache.rows=run dtype=bf16
-    # 4. JSD (beta 0.5), forward KL and skew KL (alpha 0.1, forward), identical otherwise
+      "${common[@]}" $(data_args jsd $seed) cache.rows=run dtype=bf16
+    # 4. JSD (beta 0.5), forward KL and skew KL (alpha 0.1, forward), identical otherwise;
+    #    on-policy JSD (LOSSES=on_policy_jsd) without packing or cache
     for loss in $LOSSES; do
       run=$OUT/${loss}_seed$seed
       if [ -d "$run/final" ]; then echo "$run/final exists"; continue; fi
       resume=False
       if ls -d "$run"/step_* >/dev/null 2>&1; then resume=True; fi
-      $TUNE run jsd_loss/recipes/jsd_distill_single_device.py $(loss_args $loss) "${common[@]}" \
+      $TUNE run jsd_loss/recipes/jsd_distill_single_device.py $(loss_args $loss) "${common[@]}" $(data_args $loss $seed) \
         output_dir=$run resume_from_checkpoint=$resume overwrite_output=True
     done
   done
