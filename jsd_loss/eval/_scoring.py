@@ -82,6 +82,7 @@ def score_model(
         token_sums[ex["category"]] += n
     for c, scores in entry["per_category"].items():
         scores["nll_per_token"] = nll_sums[c] / max(token_sums[c], 1)
+        scores["reference_tokens"] = token_sums[c]
     for key in ("quantize", "generation_tokens_per_second"):
         if model.get(key) is not None:
             entry[key] = model[key]

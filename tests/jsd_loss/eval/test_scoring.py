@@ -34,3 +34,4 @@ def test_model_entry_numbers(entries):
     assert jsd0["per_category"]["open_qa"]["nll_per_token"] == pytest.approx(5.0 / 5)
     assert jsd0["per_category"]["summarization"]["nll_per_token"] == pytest.approx(3.0 / 2)
     assert jsd0["per_category"]["information_extraction"]["nll_per_token"] == pytest.approx(1.0 / 1)
+    assert [jsd0["per_category"][c]["reference_tokens"] for c in ("information_extraction", "open_qa", "summarization")] == [1, 5, 2]
