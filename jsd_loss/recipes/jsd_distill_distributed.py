@@ -5,8 +5,9 @@
 #   tune run --nproc_per_node 2 jsd_loss/recipes/jsd_distill_distributed.py --config ...
 #
 # It reuses the single-device recipe class (a recipe subclassing a recipe, deliberately: the
-# training loop is one) and replaces only what distribution changes, so the two cannot drift
-# apart; model setup and saving are jsd_loss.training's for both:
+# setup is one) and replaces only what distribution changes, so the two cannot drift apart;
+# model setup, the optimizer-step loop (TrainLoop, given this recipe's collectives as
+# RankHooks) and saving are jsd_loss.training's for both:
 #   - process group: NCCL on CUDA, gloo on CPU (initialised in recipe_main);
 #   - student and teacher (each of ``teachers:`` alike) built on meta and sharded with FSDP2
 #     (training.shard_model; also custom_sharded_layers), weights loaded from the full state
@@ -40,7 +41,7 @@ from torch.distributed.tensor import DTensor
 from torchtune import config, training, utils
 
 from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
-from jsd_loss.training import NOT_IMPLEMENTED, output_weight
+from jsd_loss.training import NOT_IMPLEMENTED, RankHooks, output_weight
 
 
 class KDRecipeDistributed(KDRecipeSingleDevice):
@@ -56,7 +57,6 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         super().__init__(cfg)
         self.world_size, self.rank = utils.get_world_size_and_rank()
         self._is_rank_zero = self.rank == 0
-        self._grad_scale_numerator = float(self.world_size)
         self._reshard_after_forward = cfg.get("fsdp_reshard_after_forward", True)
         self._cpu_offload = cfg.get("fsdp_cpu_offload", False)
         self._custom_sharded_layers = cfg.get("custom_sharded_layers", None)
@@ -96,7 +96,12 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
             )
         return weight
 
+    def _rank_hooks(self) -> RankHooks:
+        # FSDP2 averages gradients over ranks: world_size / tokens makes them the step's mean
+        return RankHooks(self._is_rank_zero, float(self.world_size), self._reduce_step_stats, self._all_done)
+
     def _reduce_step_stats(self, num_tokens, class_loss_sum, kd_loss_sum):
+        """Token count and summed losses of the whole step, over all ranks."""
         stats = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=self._device).detach()
                              for x in (num_tokens, class_loss_sum, kd_loss_sum)])
         torch.distributed.all_reduce(stats)
@@ -123,6 +128,7 @@ class KDRecipeDistributed(KDRecipeSingleDevice):
         return gathered
 
     def _all_done(self, done: bool) -> bool:
+        """Whether every rank is ``done`` (generating: each rank's forwards must match)."""
         flag = torch.tensor([int(done)], device=self._device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         return bool(flag.item())

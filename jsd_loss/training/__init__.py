@@ -1,9 +1,16 @@
 """What the recipes share: model and adapter setup, model shapes against checkpoints, input
-and config-key checks, precision, data loading, the KD step, feature distillation, on-policy
-(generated) batches, run directories and checkpoints, saving by model family, peak memory,
-metric logging."""
+and config-key checks, precision, data loading, the KD step and the optimizer-step loop,
+feature distillation, on-policy (generated) batches, run directories and checkpoints, saving
+by model family, peak memory, metric logging."""
 
-from jsd_loss.training._adapters import ADAPTER_KEY, adapter_identity, adapter_state, check_base, resume_weights
+from jsd_loss.training._adapters import (
+    ADAPTER_KEY,
+    adapter_identity,
+    adapter_state,
+    check_base,
+    resume_weights,
+    student_weights,
+)
 from jsd_loss.training._checkpoint import (
     DEFAULT_KEEP_LAST_N,
     RECIPE_STATE,
@@ -14,6 +21,7 @@ from jsd_loss.training._checkpoint import (
     prune_checkpoints,
     read_recipe_state,
     refuse_earlier_run,
+    save_student,
     write_checkpoint,
 )
 from jsd_loss.training._config_keys import NOT_IMPLEMENTED, SHARDING_ONLY, refuse_unimplemented
@@ -34,7 +42,7 @@ from jsd_loss.training._features import (
     setup_feature_distillation,
 )
 from jsd_loss.training._inputs import check_checkpoint_files, check_checkpoints, check_models_agree, text_vocab_size
-from jsd_loss.training._kd_step import KDLosses, hidden_state_output, kd_step, output_weight, setup_losses
+from jsd_loss.training._kd_step import BatchLoss, KDLosses, hidden_state_output, kd_step, output_weight, setup_losses
 from jsd_loss.training._memory import keep_freed_cpu_memory, peak_memory_gib, reset_peak_memory
 from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
 from jsd_loss.training._models import (
@@ -57,8 +65,23 @@ from jsd_loss.training._on_policy import (
 from jsd_loss.training._on_policy_config import OnPolicyConfig, check_prompts, on_policy_config, prompt_length
 from jsd_loss.training._nonfinite import DEFAULT_MAX_SKIPPED_STEPS, NonFiniteSteps, loss_labels
 from jsd_loss.training._precision import Precision, precision_from_config
-from jsd_loss.training._teachers import TeacherSpec, TeachersConfig, check_teacher_checkpoints, teachers_config
-from jsd_loss.training._resume import RNG_KEY, RUN_KEY, check_resume, rng_state, run_identity, set_rng_state
+from jsd_loss.training._teachers import (
+    TeacherSpec,
+    TeachersConfig,
+    check_teacher_checkpoints,
+    setup_teachers,
+    teachers_config,
+)
+from jsd_loss.training._resume import (
+    RNG_KEY,
+    RUN_KEY,
+    Progress,
+    check_resume,
+    recipe_state,
+    rng_state,
+    run_identity,
+    set_rng_state,
+)
 from jsd_loss.training._schedules import (
     ConstantSchedule,
     CosineSchedule,
@@ -76,6 +99,7 @@ from jsd_loss.training._teacher_cache import (
     run_rows,
     unpacked,
 )
+from jsd_loss.training._train_loop import LoopSettings, RankHooks, TrainLoop
 from jsd_loss.training._shapes import (
     SHAPE_KEYS,
     check_model_shape,
@@ -87,6 +111,7 @@ from jsd_loss.training._shapes import (
 
 __all__ = [
     "ADAPTER_KEY",
+    "BatchLoss",
     "ConstantSchedule",
     "CosineSchedule",
     "KDSchedules",
@@ -102,6 +127,7 @@ __all__ = [
     "JSONLMetricLogger",
     "KDLosses",
     "LLAMA_LAYOUT",
+    "LoopSettings",
     "LoRA",
     "NOT_IMPLEMENTED",
     "NonFiniteSteps",
@@ -109,7 +135,9 @@ __all__ = [
     "OnPolicy",
     "OnPolicyConfig",
     "Precision",
+    "Progress",
     "RECIPE_STATE",
+    "RankHooks",
     "RNG_KEY",
     "RUN_KEY",
     "SHAPE_KEYS",
@@ -117,6 +145,7 @@ __all__ = [
     "TARGETS",
     "TeacherSpec",
     "TeachersConfig",
+    "TrainLoop",
     "adapter_identity",
     "adapter_state",
     "batch_prompts",
@@ -165,6 +194,7 @@ __all__ = [
     "read_metrics",
     "read_pruning_manifest",
     "read_recipe_state",
+    "recipe_state",
     "refuse_earlier_run",
     "refuse_unimplemented",
     "reset_peak_memory",
@@ -172,13 +202,16 @@ __all__ = [
     "rng_state",
     "run_identity",
     "run_rows",
+    "save_student",
     "setup_feature_distillation",
     "setup_losses",
     "setup_on_policy",
     "setup_student",
     "set_rng_state",
     "setup_teacher",
+    "setup_teachers",
     "steps_per_epoch",
+    "student_weights",
     "teachers_config",
     "text_vocab_size",
     "unpacked",

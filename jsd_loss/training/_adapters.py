@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
+from torchtune import config, training
 from torchtune.modules.peft import get_adapter_params, get_merged_lora_ckpt
 
 ADAPTER_KEY = "adapters"  # key of the recipe state: {state-dict name: tensor}
@@ -72,6 +74,34 @@ def resume_weights(
     base = load(base_dir)
     check_base(base, adapters, load(step_dir), identity["rank"], identity["alpha"], base_dir, step_dir)
     return base, adapters
+
+
+def student_weights(
+    cfg_checkpointer: DictConfig, identity: Optional[Dict[str, Any]],
+    resume: Optional[Tuple[Path, Dict[str, Any]]] = None,
+) -> Tuple[StateDict, Optional[StateDict]]:
+    """
+    The student's weights to start from, read by the configured checkpointer, and its adapters
+    (None: new or full-parameter): the original checkpoint's weights, or on resume those of
+    :func:`resume_weights` (the step checkpoint's, or the frozen base and the saved adapters).
+
+    Args:
+        cfg_checkpointer (DictConfig): the student's checkpointer config.
+        identity (Optional[Dict[str, Any]]): :func:`adapter_identity` of the configured student.
+        resume (Optional[Tuple[Path, Dict[str, Any]]]): the step checkpoint resumed and its
+            recipe state. Default: None (a new run)
+
+    Returns:
+        Tuple[StateDict, Optional[StateDict]]: the weights and the adapters.
+    """
+    def load(checkpoint_dir: Path) -> StateDict:
+        cfg = DictConfig({**cfg_checkpointer, "checkpoint_dir": str(checkpoint_dir)})
+        return config.instantiate(cfg).load_checkpoint()[training.MODEL_KEY]
+
+    if resume is None:
+        return load(cfg_checkpointer.checkpoint_dir), None
+    step_dir, state = resume
+    return resume_weights(state, identity, load, step_dir, Path(cfg_checkpointer.checkpoint_dir))
 
 
 def check_base(base: StateDict, adapters: StateDict, merged: StateDict, rank: int, alpha: float,

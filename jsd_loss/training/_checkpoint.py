@@ -2,6 +2,7 @@
 step checkpoint to resume from, and checkpoints written as HF model directories (LoRA
 merged), atomically, with the recipe state beside the weights of a step checkpoint."""
 
+import logging
 import pickle
 import re
 import shutil
@@ -174,3 +175,41 @@ def write_checkpoint(
         message = (f"cannot write checkpoint {target} ({type(e).__name__}: {e}); nothing of it was kept, earlier "
                    f"checkpoints are untouched (is the disk full? {free})")
         raise (OSError(e.errno, message) if isinstance(e, OSError) and e.errno else OSError(message)) from e
+
+
+def save_student(
+    output_dir: Path, name: str, state_dict: StateDict, *, lora: Optional[LoRA],
+    to_hf: Callable[[StateDict], StateDict], hf_config: dict, copy_from: Path,
+    recipe_state: Optional[Dict[str, Any]] = None, keep_last_n: Optional[int] = None,
+    log: Optional[logging.Logger] = None,
+) -> Path:
+    """
+    Write the student as ``output_dir/<name>``: a HF model directory (LoRA merged, see
+    :func:`merged_hf_state_dict`), atomically (see :func:`write_checkpoint`); a step
+    checkpoint, with ``recipe_state``, then leaves only the newest ``keep_last_n`` step
+    checkpoints (see :func:`prune_checkpoints`). Only one process may call it.
+
+    Args:
+        output_dir (Path): the run's directory.
+        name (str): the checkpoint's name (``step_N``, ``final``).
+        state_dict (StateDict): the student's full torchtune state dict, on CPU.
+        lora (Optional[LoRA]): the student's adapters (None: full-parameter).
+        to_hf (Callable[[StateDict], StateDict]): the model family's converter to HF names.
+        hf_config (dict): the student's ``config.json``.
+        copy_from (Path): where the tokenizer files are copied from.
+        recipe_state (Optional[Dict[str, Any]]): what a resume needs. Default: None (a model only)
+        keep_last_n (Optional[int]): step checkpoints kept. Default: None (all)
+        log (Optional[logging.Logger]): where writes and removals are reported. Default: None
+
+    Returns:
+        Path: the directory written.
+    """
+    log = log or logging.getLogger(__name__)
+    target = Path(output_dir) / name
+    hf_state = merged_hf_state_dict(state_dict, lora, to_hf)
+    write_checkpoint(target, hf_state, hf_config, copy_from, recipe_state)
+    log.info(f"Saved {'checkpoint' if recipe_state is not None else 'model'} to {target}")
+    if recipe_state is not None:  # only once the new one is complete
+        for removed in prune_checkpoints(output_dir, keep_last_n):
+            log.info(f"Removed {Path(output_dir) / removed} (keep_last_n_checkpoints={keep_last_n})")
+    return target

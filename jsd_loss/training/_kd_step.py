@@ -1,10 +1,11 @@
 """The two losses of a distillation step, CE on the labels and KD against a frozen teacher:
 from the models' logits (whole, or in chunks for chunked losses) or, for a fused-linear KD
-loss, from their final hidden states and output weights."""
+loss, from their final hidden states and output weights; and a micro-batch's losses as the
+training loop takes them (labels shifted, the teacher live or cached, the feature term)."""
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from omegaconf import DictConfig
@@ -12,7 +13,11 @@ from torch import nn
 from torchtune import config, modules
 
 from jsd_loss.losses import FusedLinearDistillLoss, TopKDistribution
-from jsd_loss.teacher import TeacherEnsemble
+from jsd_loss.teacher import TeacherEnsemble, TopKTeacherCache
+from jsd_loss.training._features import FeatureDistiller, capture_features
+from jsd_loss.training._nonfinite import loss_labels
+from jsd_loss.training._precision import Precision
+from jsd_loss.training._teacher_cache import batch_teacher
 
 
 @contextlib.contextmanager
@@ -157,3 +162,61 @@ def kd_step(
     kd_loss = losses.kd_loss(logits, teacher_logits, labels)
     class_loss = losses.loss(logits, labels)
     return class_loss, kd_loss
+
+
+@dataclass
+class BatchLoss:
+    """
+    A micro-batch's losses for the training loop: CE and KD as :func:`kd_step` gives them,
+    the teacher live or read from a cache, forwards and losses under the run's precision,
+    and the feature term from the same forwards.
+
+    Args:
+        student (nn.Module): the student.
+        teacher (Optional[nn.Module]): the live teacher (or a
+            :class:`~jsd_loss.teacher.TeacherEnsemble`); None when every row is cached.
+        teacher_cache (Optional[TopKTeacherCache]): the teacher's cached top-k distributions
+            (None: the teacher runs live).
+        losses (KDLosses): the two losses.
+        precision (Precision): the student's dtype and the autocast over forwards and losses.
+        device (torch.device): where the models run.
+        features (Optional[FeatureDistiller]): the feature term. Default: None (off)
+        weight_of (Callable[[nn.Module], torch.Tensor]): a model's output weight as a
+            fused-linear loss needs it. Default: :func:`output_weight`
+    """
+
+    student: nn.Module
+    teacher: Optional[nn.Module]
+    teacher_cache: Optional[TopKTeacherCache]
+    losses: KDLosses
+    precision: Precision
+    device: torch.device
+    features: Optional[FeatureDistiller] = None
+    weight_of: Callable[[nn.Module], torch.Tensor] = output_weight
+
+    def __call__(
+        self, batch: Dict[str, torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """
+        Args:
+            batch (Dict[str, torch.Tensor]): ``tokens`` and unshifted ``labels``, each (B, T),
+                on ``device``; optionally ``mask`` and ``input_pos``; ``row_ids`` (B, T) with a
+                teacher cache or feature distillation.
+
+        Returns:
+            Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]: CE and KD, each the
+            mean over the batch's trained labels, and the feature loss summed over its real
+            tokens (None when feature distillation is off).
+        """
+        labels = batch["labels"]
+        ignore_index = self.losses.ignore_index
+        # Shift labels: position t predicts token t + 1
+        labels = torch.hstack((labels[..., 1:], torch.full((labels.shape[0], 1), ignore_index, device=self.device)))
+        teacher = batch_teacher(self.teacher_cache, self.teacher, batch, labels, ignore_index)
+        with self.precision.autocast(self.device), capture_features(self.features, self.student, teacher) as feats:
+            class_loss, kd_loss = kd_step(  # never all labels ignored: no 0/0 (weighted by 0 tokens)
+                self.student, teacher, batch["tokens"], loss_labels(labels, ignore_index), self.losses,
+                dtype=self.precision.dtype, mask=batch.get("mask", None), input_pos=batch.get("input_pos", None),
+                weight_of=self.weight_of,
+            )
+            return class_loss, kd_loss, feats.loss_sum(batch["row_ids"]) if feats is not None else None

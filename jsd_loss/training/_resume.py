@@ -1,12 +1,19 @@
 """What a resumed run must share with the checkpoint it resumes: the settings that fix the
 data order, the learning-rate schedule and the model (refused, naming the key, when changed),
-and the random number generators of every rank (CPU and, where present, CUDA)."""
+the random number generators of every rank (CPU and, where present, CUDA), and where the run
+stood; and the recipe state of a step checkpoint, which holds all of it."""
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torchtune import training
+
+from jsd_loss.training._adapters import ADAPTER_KEY
+from jsd_loss.training._features import FEATURE_STATE
+from jsd_loss.training._on_policy import ON_POLICY_STATE
 
 RUN_KEY = "run"  # key of the recipe state
 RNG_KEY = "rng_states"  # one per rank
@@ -87,3 +94,81 @@ def set_rng_state(saved: Dict[str, Any], rank: int, device: torch.device) -> Non
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass
+class Progress:
+    """
+    Where a run stands: advanced by :class:`~jsd_loss.training.TrainLoop`, saved in every
+    step checkpoint's recipe state and restored from it on resume.
+
+    Args:
+        total_epochs (int): epochs of the run.
+        steps_per_epoch (int): optimizer steps per epoch. Default: 0 (until the data is known)
+        epochs_run (int): epochs completed. Default: 0
+        global_step (int): optimizer steps taken. Default: 0
+    """
+
+    total_epochs: int
+    steps_per_epoch: int = 0
+    epochs_run: int = 0
+    global_step: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (what the schedules run over)."""
+        return self.total_epochs * self.steps_per_epoch
+
+    @property
+    def steps_done_this_epoch(self) -> int:
+        return self.global_step - self.epochs_run * self.steps_per_epoch
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue from a step checkpoint's recipe state."""
+        self.global_step = state["global_step"]
+        self.epochs_run = state[training.EPOCHS_KEY]
+
+
+def recipe_state(
+    *, optimizer: Dict[str, Any], dataloader: Dict[str, Any], seed: int, progress: Progress,
+    rng_states: List[Dict[str, torch.Tensor]], run: Dict[str, Any], world_size: int, skipped_steps: int,
+    features: Optional[Dict[str, Any]] = None, adapters: Optional[Dict[str, torch.Tensor]] = None,
+    on_policy: Optional[List[Dict[str, torch.Tensor]]] = None,
+) -> Dict[str, Any]:
+    """
+    The recipe state of a step checkpoint (``recipe_state.pt``): everything an exact resume
+    restores, as tensors and plain containers (it is read with ``weights_only=True``).
+
+    Args:
+        optimizer (Dict[str, Any]): the student's full optimizer state dict.
+        dataloader (Dict[str, Any]): the dataloader's state dict (its place in the epoch).
+        seed (int): the run's seed.
+        progress (Progress): where the run stands.
+        rng_states (List[Dict[str, torch.Tensor]]): :func:`rng_state` of every rank, by rank.
+        run (Dict[str, Any]): the :func:`run_identity` a resume must keep.
+        world_size (int): number of ranks.
+        skipped_steps (int): non-finite steps skipped so far.
+        features (Optional[Dict[str, Any]]): the feature distiller's recipe state. Default: None (off)
+        adapters (Optional[Dict[str, torch.Tensor]]): a LoRA/DoRA student's adapters (its
+            saved weights are merged). Default: None (full-parameter)
+        on_policy (Optional[List[Dict[str, torch.Tensor]]]): every rank's on-policy generator
+            states. Default: None (off)
+
+    Returns:
+        Dict[str, Any]: the recipe state.
+    """
+    return {
+        training.OPT_KEY: optimizer,
+        training.DATALOADER_KEY: dataloader,
+        training.SEED_KEY: seed,
+        training.EPOCHS_KEY: progress.epochs_run,
+        "global_step": progress.global_step,
+        "steps_done_this_epoch": progress.steps_done_this_epoch,
+        RNG_KEY: rng_states,
+        RUN_KEY: run,
+        "world_size": world_size,
+        "skipped_steps": skipped_steps,
+        **({FEATURE_STATE: features} if features is not None else {}),
+        **({ADAPTER_KEY: adapters} if adapters is not None else {}),
+        **({ON_POLICY_STATE: on_policy} if on_policy is not None else {}),
+    }

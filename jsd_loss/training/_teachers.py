@@ -14,14 +14,18 @@ checkpointer, and one fusion), checked before anything is built::
 """
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchtune import config, training, utils
 
 from jsd_loss.checkpointing import read_config
 from jsd_loss.losses import check_fusion
+from jsd_loss.teacher import TeacherEnsemble
 from jsd_loss.training._inputs import check_checkpoints
 
 _BLOCK_KEYS = ("fusion", "members")
@@ -133,6 +137,34 @@ def check_teacher_checkpoints(student: DictConfig, teachers: TeachersConfig) -> 
         _check_teachers_agree(first, other)
     checked = [check_checkpoints(student, m.checkpointer, who=m.who) for m in teachers.members]
     return checked[0][0], [t for _, t in checked]
+
+
+def setup_teachers(
+    teachers: TeachersConfig, setup_one: Callable[[DictConfig, Dict[str, Any], str], nn.Module],
+    log: Optional[logging.Logger] = None,
+) -> nn.Module:
+    """
+    The single teacher, or the listed ones as one :class:`~jsd_loss.teacher.TeacherEnsemble`;
+    each built by ``setup_one(model_cfg, state_dict, who)`` from its checkpointer's weights,
+    one checkpoint in memory at a time.
+
+    Args:
+        teachers (TeachersConfig): the run's teachers.
+        setup_one (Callable[[DictConfig, Dict[str, Any], str], nn.Module]): a teacher from its
+            model config, its weights and how messages name it.
+        log (Optional[logging.Logger]): where rank zero reports the fusion. Default: None
+
+    Returns:
+        nn.Module: the teacher the KD step sees.
+    """
+    models = [setup_one(t.model, config.instantiate(t.checkpointer).load_checkpoint()[training.MODEL_KEY], t.who)
+              for t in teachers.members]
+    if not teachers.listed:
+        return models[0]
+    utils.log_rank_zero(log or logging.getLogger(__name__), f"{len(models)} teachers fused by {teachers.fusion}: "
+                        + ", ".join(f"{t.name} (weight {t.weight:g})" for t in teachers.members))
+    return TeacherEnsemble(models, [t.name for t in teachers.members], [t.weight for t in teachers.members],
+                           teachers.fusion)
 
 
 def _check_teachers_agree(a: TeacherSpec, b: TeacherSpec) -> None:
