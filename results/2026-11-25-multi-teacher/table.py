@@ -2,7 +2,7 @@
 reference NLL per token on the held-out prompts of the tuned categories (closed_qa and
 information_extraction, pooled) and of the other one (summarization), mean ± std over seeds.
 
-    python results/2026-11-26-multi-teacher/table.py outputs/multi_teacher/eval/results.json
+    python results/2026-11-25-multi-teacher/table.py outputs/multi_teacher/eval/results.json
 """
 
 import json

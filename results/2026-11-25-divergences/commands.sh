@@ -2,8 +2,8 @@
 # Issue #18 part 4: the divergences on the quick config, from the default student, equal steps,
 # seeds 42 and 43, evaluated on every held-out Dolly prompt (229). Run from the repository root
 # after scripts/run_main.sh (it makes the tuned teacher and the default student):
-#   bash results/2026-11-26-divergences/commands.sh train   # 2 caches per seed, 14 runs
-#   bash results/2026-11-26-divergences/commands.sh eval    # eval.yaml (score cache: reruns run new models only)
+#   bash results/2026-11-25-divergences/commands.sh train   # 2 caches per seed, 14 runs
+#   bash results/2026-11-25-divergences/commands.sh eval    # eval.yaml (score cache: reruns run new models only)
 # Every step is idempotent (a finished run is skipped). Temperature 2 needs its own cache (a cache
 # holds the teacher at one temperature); the annealed run uses the live teacher (bf16).
 set -euo pipefail
@@ -50,6 +50,6 @@ train() {
 
 case "${1:-}" in
   train) train ;;
-  eval) $TUNE run jsd_loss/recipes/eval_distill.py --config results/2026-11-26-divergences/eval.yaml ;;
+  eval) $TUNE run jsd_loss/recipes/eval_distill.py --config results/2026-11-25-divergences/eval.yaml ;;
   *) echo "usage: $0 train|eval" >&2; exit 2 ;;
 esac

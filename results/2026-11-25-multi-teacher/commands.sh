@@ -2,8 +2,8 @@
 # Issue #20 part 3: does a student distilled from a task expert fused with its general Instruct
 # model keep the other categories while gaining the tuned ones? Run from the repository root after
 # scripts/run_main.sh (it imports the Instruct teacher and prunes the default student):
-#   bash results/2026-11-26-multi-teacher/commands.sh train   # category LoRA teacher, then 3 students per seed
-#   bash results/2026-11-26-multi-teacher/commands.sh eval    # eval.yaml: held-out prompts, per category
+#   bash results/2026-11-25-multi-teacher/commands.sh train   # category LoRA teacher, then 3 students per seed
+#   bash results/2026-11-25-multi-teacher/commands.sh eval    # eval.yaml: held-out prompts, per category
 # The expert is SmolLM2-135M-Instruct LoRA-tuned exactly as the main job's teacher (60 steps of 8 rows)
 # but on the closed_qa and information_extraction rows only; summarization is the held-out category
 # it never saw. Each student starts from the default student (models/smollm2-90m-dolly-student) and runs
@@ -51,6 +51,6 @@ train() {
 
 case "${1:-}" in
   train) train ;;
-  eval) $TUNE run jsd_loss/recipes/eval_distill.py --config results/2026-11-26-multi-teacher/eval.yaml ;;
+  eval) $TUNE run jsd_loss/recipes/eval_distill.py --config results/2026-11-25-multi-teacher/eval.yaml ;;
   *) echo "usage: $0 train|eval" >&2; exit 2 ;;
 esac
