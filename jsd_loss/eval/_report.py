@@ -2,7 +2,7 @@
 against the baseline), the paired comparisons, and the per-category scores."""
 
 from collections import defaultdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 def fmt_stat(stat: Dict[str, float]) -> str:
     """``mean ± std`` of a statistic over several runs, ``mean`` of one."""
@@ -23,18 +23,17 @@ def per_category_tables(models: List[Dict[str, Any]], names: List[str]) -> List[
         values = [pc[cat][key] for pc in runs[name] if cat in pc and key in pc[cat]]
         return sum(values) / len(values) if values else None
 
+    def cell(name: str, cat: str, keys: Tuple[str, ...]) -> str:
+        values = [mean(name, cat, k) for k in keys]
+        return "–" if None in values else " / ".join(f"{v:.3f}" for v in values)
+
     lines = []
-    for title, fmt_cell in (
-        ("ROUGE-L / token F1", lambda x, c: (f"{mean(x, c, 'rougeL'):.3f} / {mean(x, c, 'f1'):.3f}"
-                                             if mean(x, c, "rougeL") is not None else "–")),
-        ("reference NLL / token", lambda x, c: (f"{mean(x, c, 'nll_per_token'):.3f}"
-                                                if mean(x, c, "nll_per_token") is not None else "–")),
-    ):
+    for title, keys in (("ROUGE-L / token F1", ("rougeL", "f1")), ("reference NLL / token", ("nll_per_token",))):
         lines += ["", f"## Per category: {title} (mean over each name's runs)", "",
                   "| category | n | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
         for c in cats:
             n = next(pc[c]["n"] for x in names for pc in runs[x] if c in pc)
-            lines.append(f"| {c} | {n} | " + " | ".join(fmt_cell(x, c) for x in names) + " |")
+            lines.append(f"| {c} | {n} | " + " | ".join(cell(x, c, keys) for x in names) + " |")
     return lines
 
 
