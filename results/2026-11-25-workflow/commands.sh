@@ -28,10 +28,12 @@ loss_args() {  # the config (and overrides) of one loss
   esac
 }
 
-data_args() {  # packing and the teacher cache, which on-policy steps cannot use
+cached_data() { echo "dataset.packed=True teacher_cache=$OUT/cache_seed$1"; }  # packs, the seed's cache
+
+data_args() {  # on-policy steps can use neither packing nor the cache
   case $1 in
     on_policy_jsd) echo "dataset.packed=False" ;;
-    *) echo "dataset.packed=True teacher_cache=$OUT/cache_seed$2" ;;
+    *) cached_data $2 ;;
   esac
 }
 
@@ -51,8 +53,11 @@ train() {
             seed=$seed max_steps_per_epoch=$STEPS batch_size=4
             lr_scheduler.num_warmup_steps=15 save_every_n_steps=50)
     # 3. the teacher's top-128 distributions at every response token this seed's runs draw
-    $TUNE run jsd_loss/recipes/cache_teacher.py --config configs/smollm2/135M_to_90M_jsd_quick.yaml \
-      "${common[@]}" $(data_args jsd $seed) cache.rows=run dtype=bf16
+    #    (only the off-policy losses read it)
+    if [ -n "$(echo $LOSSES | tr ' ' '\n' | grep -vx on_policy_jsd)" ]; then
+      $TUNE run jsd_loss/recipes/cache_teacher.py --config configs/smollm2/135M_to_90M_jsd_quick.yaml \
+        "${common[@]}" $(cached_data $seed) cache.rows=run dtype=bf16
+    fi
     # 4. JSD (beta 0.5), forward KL and skew KL (alpha 0.1, forward), identical otherwise;
     #    on-policy JSD (LOSSES=on_policy_jsd) without packing or cache
     for loss in $LOSSES; do
