@@ -7,6 +7,7 @@ tokenizer, no unmerged adapter tensors, weights actually changed) and writes a s
 directory (``model.safetensors``) that every config here takes as ``teacher_dir``.
 """
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -43,6 +44,15 @@ def weight_change(tuned: Dict[str, torch.Tensor], base: Dict[str, torch.Tensor])
     return change
 
 
+def _digest_before_v2(files) -> str:
+    """The source digest manifests recorded before it became :func:`sha256_files` (a SHA-256 of
+    the files' hex digests): such an output is still recognised, not refused as foreign."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
 def prepare_tuned_teacher(lora_dir: Path, base_dir: Path, output_dir: Path, overwrite: bool = False) -> Path:
     """Write the merged LoRA checkpoint in ``lora_dir`` as a HF directory at ``output_dir``.
 
@@ -57,7 +67,8 @@ def prepare_tuned_teacher(lora_dir: Path, base_dir: Path, output_dir: Path, over
     tuned_config, base_config = read_config(lora_dir), read_config(base_dir)
     files = weight_files(lora_dir)
     digest = sha256_files(files)
-    if verified_manifest(output_dir, kind="tuned_teacher", source_sha256=digest):
+    if (verified_manifest(output_dir, kind="tuned_teacher", source_sha256=digest)
+            or verified_manifest(output_dir, kind="tuned_teacher", source_sha256=_digest_before_v2(files))):
         log.info("%s already holds the tuned teacher from %s; nothing to do", output_dir, lora_dir)
         return output_dir
     refuse_foreign_output(output_dir, overwrite)

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 
@@ -112,3 +113,21 @@ def test_a_checksums_file_torchtune_copied_from_the_base_does_not_block_the_tune
     shutil.copy2(checked_base / "checksums.json", tuned / "checksums.json")
     out = prepare_tuned_teacher(tuned, checked_base, tmp_path / "teacher")
     assert torch.equal(load_file(str(out / "model.safetensors"))[Q], tuned_state[Q])
+
+
+def test_an_output_recorded_with_the_older_digest_is_recognised_not_refused(tmp_path, base_and_tuned):
+    # before v2 the manifest's source_sha256 was a SHA-256 over the weight files' hex digests
+    base, tuned, _, _ = base_and_tuned
+    out = prepare_tuned_teacher(tuned, base, tmp_path / "teacher")
+    manifest_path = out / "jsd_distill_prepare.json"
+    per_file = hashlib.sha256((tuned / SHARD).read_bytes()).hexdigest()
+    manifest = json.loads(manifest_path.read_text())
+    manifest["source_sha256"] = hashlib.sha256(per_file.encode()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    prepare_tuned_teacher(tuned, base, out)  # no FileExistsError, nothing rewritten
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+    manifest["source_sha256"] = "0" * 64  # any other digest is still foreign
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        prepare_tuned_teacher(tuned, base, out)
