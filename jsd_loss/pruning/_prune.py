@@ -6,7 +6,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from jsd_loss.pruning._calibration import ActivationStats, collect_activation_stats
+from jsd_loss.pruning._calibration import ActivationStats
 from jsd_loss.pruning._importance import (
     angular_distance,
     block_influence,

@@ -32,7 +32,15 @@ from torchtune import config, training, utils
 
 from jsd_loss.checkpointing import read_config
 from jsd_loss.teacher import build_topk_cache
-from jsd_loss.training import check_checkpoint_files, checked_meta_model, manifest_for, run_rows, setup_teacher, unpacked
+from jsd_loss.training import (
+    check_checkpoint_files,
+    checked_meta_model,
+    checkpoint_weights,
+    manifest_for,
+    run_rows,
+    setup_teacher,
+    unpacked,
+)
 
 log = utils.get_logger("INFO")
 
@@ -81,7 +89,7 @@ class TeacherCacheRecipe:
             f"Caching the teacher's top-{self._manifest.k} at {len(rows)} rows ({choice}) in {self._cache_dir}, "
             f"{self._manifest.bytes_per_token()} bytes per token."
         )
-        state = config.instantiate(cfg.teacher_checkpointer).load_checkpoint()[training.MODEL_KEY]
+        state = checkpoint_weights(cfg.teacher_checkpointer)
         self._teacher = setup_teacher(cfg.teacher_model, state, device=self._device, dtype=self._dtype)
 
     def build(self) -> None:

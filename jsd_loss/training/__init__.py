@@ -48,6 +48,7 @@ from jsd_loss.training._metric_logger import JSONLMetricLogger, read_metrics
 from jsd_loss.training._models import (
     LoRA,
     build_model,
+    checkpoint_weights,
     checked_meta_model,
     init_adapters,
     load_in_place,
@@ -162,6 +163,7 @@ __all__ = [
     "check_teacher_checkpoints",
     "checked_keep_last_n",
     "checked_meta_model",
+    "checkpoint_weights",
     "check_models_agree",
     "check_prompts",
     "earlier_run",

@@ -14,8 +14,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchtune import config, training
 from torchtune.modules.peft import get_adapter_params, get_merged_lora_ckpt
+
+from jsd_loss.training._models import checkpoint_weights
 
 ADAPTER_KEY = "adapters"  # key of the recipe state: {state-dict name: tensor}
 
@@ -96,7 +97,7 @@ def student_weights(
     """
     def load(checkpoint_dir: Path) -> StateDict:
         cfg = DictConfig({**cfg_checkpointer, "checkpoint_dir": str(checkpoint_dir)})
-        return config.instantiate(cfg).load_checkpoint()[training.MODEL_KEY]
+        return checkpoint_weights(cfg)
 
     if resume is None:
         return load(cfg_checkpointer.checkpoint_dir), None

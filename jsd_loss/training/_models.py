@@ -34,6 +34,11 @@ def load_in_place(model: nn.Module, state_dict: Dict[str, Any], strict: bool) ->
     return model.load_state_dict(state_dict, strict=strict)
 
 
+def checkpoint_weights(cfg_checkpointer: DictConfig) -> Dict[str, Any]:
+    """The model weights the checkpointer ``cfg_checkpointer`` reads (torchtune's key names)."""
+    return config.instantiate(cfg_checkpointer).load_checkpoint()[training.MODEL_KEY]
+
+
 def build_model(cfg_model: DictConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Instantiate ``cfg_model`` with parameters of ``dtype`` on ``device`` (``meta``: no memory)."""
     with training.set_default_dtype(dtype), device:

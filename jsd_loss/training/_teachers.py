@@ -21,12 +21,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchtune import config, training, utils
+from torchtune import utils
 
 from jsd_loss.checkpointing import read_config
 from jsd_loss.losses import check_fusion
 from jsd_loss.teacher import TeacherEnsemble
 from jsd_loss.training._inputs import check_checkpoints
+from jsd_loss.training._models import checkpoint_weights
 
 _BLOCK_KEYS = ("fusion", "members")
 _MEMBER_KEYS = ("name", "weight", "model", "checkpointer")
@@ -157,7 +158,7 @@ def setup_teachers(
     Returns:
         nn.Module: the teacher the KD step sees.
     """
-    models = [setup_one(t.model, config.instantiate(t.checkpointer).load_checkpoint()[training.MODEL_KEY], t.who)
+    models = [setup_one(t.model, checkpoint_weights(t.checkpointer), t.who)
               for t in teachers.members]
     if not teachers.listed:
         return models[0]

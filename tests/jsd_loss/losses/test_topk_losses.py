@@ -15,7 +15,7 @@ from jsd_loss import (
     topk_from_logits,
 )
 from tests.jsd_loss.losses.test_topk_divergence import BETAS, TEMPERATURES, _logits, _teacher64
-from tests.reference import topk_jsd64, topk_teacher64
+from tests.reference import topk_jsd64
 
 
 def _labels(b, t, v, seed=0):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from jsd_loss.teacher import CacheManifest, RowNotCachedError, TopKTeacherCache, build_topk_cache, cached_teacher
+from jsd_loss.teacher import RowNotCachedError, TopKTeacherCache, build_topk_cache, cached_teacher
 from tests.jsd_loss.pruning._tiny import tiny_teacher, tune_model
 from tests.jsd_loss.teacher.test_build import VOCAB, Rows, manifest
 
