@@ -2,8 +2,8 @@
 teacher's, in place of the dataset's responses), checked before anything is built, and the
 check of the rows a run draws: every prompt must leave room to generate."""
 
-from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,6 +45,10 @@ class OnPolicyConfig:
     def active(self) -> bool:
         """Whether any step can train on generated tokens."""
         return self.lmbda > 0 or self.seq_kd
+
+    def identity(self) -> Dict[str, Any]:
+        """What a resumed run must keep: every field but ``log_samples`` (which changes no step)."""
+        return {k: v for k, v in asdict(self).items() if k != "log_samples"}
 
 
 _KEYS = tuple(OnPolicyConfig.__dataclass_fields__)

@@ -14,6 +14,7 @@ from torchtune import training
 from jsd_loss.training._adapters import ADAPTER_KEY
 from jsd_loss.training._features import FEATURE_STATE
 from jsd_loss.training._on_policy import ON_POLICY_STATE
+from jsd_loss.training._on_policy_config import on_policy_config
 
 RUN_KEY = "run"  # key of the recipe state
 RNG_KEY = "rng_states"  # one per rank
@@ -31,6 +32,7 @@ _WHY = {
     "model_shape": "the model the checkpoint holds",
     "adapters": "the student's LoRA/DoRA adapters (modules, rank, alpha)",
     "teachers": "the teachers the student learns from (names, weights, checkpoints, fusion)",
+    "on_policy": "which steps train on generated samples, and how they are drawn",
 }
 
 
@@ -41,7 +43,9 @@ def run_identity(
     """The settings of this run that a resume must keep (plain values: the recipe state is
     read with ``weights_only=True``); ``adapters``: the student's
     :func:`~jsd_loss.training.adapter_identity` (None: full-parameter); ``teachers``: the
-    teachers' :meth:`~jsd_loss.training.TeachersConfig.identity` (None: not recorded)."""
+    teachers' :meth:`~jsd_loss.training.TeachersConfig.identity` (None: not recorded);
+    ``on_policy``: the checked ``on_policy`` block's settings (None: off)."""
+    on_policy = on_policy_config(cfg)
     return {
         "world_size": world_size,
         "batch_size": cfg.batch_size,
@@ -54,6 +58,7 @@ def run_identity(
         "model_shape": dict(model_shape),
         "adapters": adapters,
         **({"teachers": teachers} if teachers is not None else {}),
+        "on_policy": on_policy.identity() if on_policy is not None else None,
     }
 
 

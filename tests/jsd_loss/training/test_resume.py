@@ -31,6 +31,7 @@ def _identity(world_size=1, shape=SHAPE, **overrides):
     ({"dataset.source": "other.jsonl"}, "dataset", "databricks-dolly-15k.jsonl'", "'other.jsonl'"),
     ({"tokenizer.max_seq_len": 128}, "tokenizer.max_seq_len", "256", "128"),
     ({"shape": {**SHAPE, "num_layers": 3}}, "model_shape", "'num_layers': 2", "'num_layers': 3"),
+    ({"on_policy": {"lmbda": 0.5}}, "on_policy", "None", "'lmbda': 0.5"),
 ])
 def test_resume_refuses_a_changed_setting_naming_it(change, key, was, now):
     saved = {RUN_KEY: _identity(), "world_size": 1}
@@ -42,6 +43,21 @@ def test_resume_refuses_a_changed_setting_naming_it(change, key, was, now):
     assert f"{key} was " in message and was in message.split(f"{key} was ")[1].split(", is ")[0], message
     assert now in message.split(f"{key} was ")[1].split(", is ")[1], message
     assert message.count(", is ") == 1  # only the changed key
+
+
+def test_resume_refuses_changed_on_policy_sampling_but_not_sample_logging():
+    on = {"lmbda": 0.5, "max_new_tokens": 32}
+    saved = {RUN_KEY: _identity(on_policy=on), "world_size": 1}
+    check_resume(saved, _identity(on_policy={**on, "log_samples": True}), Path("s"))  # logging only
+    for change in ({"lmbda": 0.25}, {"max_new_tokens": 64}, {"temperature": 0.5}, {"top_k": 8},
+                   {"ce_on_generated": True}, {"long_prompts": "skip"}):
+        with pytest.raises(ValueError, match=f"on_policy was .*'{next(iter(change))}'.*generated samples"):
+            check_resume(saved, _identity(on_policy={**on, **change}), Path("s"))
+    with pytest.raises(ValueError, match="on_policy was .*, is None"):
+        check_resume(saved, _identity(), Path("s"))
+    # a checkpoint recorded before on_policy was part of the record resumes either way
+    older = {k: v for k, v in saved[RUN_KEY].items() if k != "on_policy"}
+    check_resume({RUN_KEY: older, "world_size": 1}, _identity(), Path("s"))
 
 
 def test_a_checkpoint_from_before_the_record_checks_its_world_size():
