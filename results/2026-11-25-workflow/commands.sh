@@ -32,7 +32,9 @@ cached_data() { echo "dataset.packed=True teacher_cache=$OUT/cache_seed$1"; }  #
 
 data_args() {  # on-policy steps can use neither packing nor the cache
   case $1 in
-    on_policy_jsd) echo "dataset.packed=False" ;;
+    # keep_freed_cpu_memory (the config's True) let seed 42's RSS grow to 10 GiB over 300 steps;
+    # off, seeds 43 and 44 fit in RAM side by side (the allocator changes speed, not values)
+    on_policy_jsd) echo "dataset.packed=False keep_freed_cpu_memory=False" ;;
     *) cached_data $2 ;;
   esac
 }
