@@ -18,7 +18,9 @@ teacher) and includes the output projection, since that is where the forms diffe
 Each method runs in its own subprocess so that CPU peak memory (``ru_maxrss`` minus the
 resident size before the first call) is not polluted by the others; on CUDA the peak is
 ``torch.cuda.max_memory_allocated`` above the inputs. Time is the median over repeats
-after one warm-up call.
+after one warm-up call. A method that runs out of memory (``--worker-memory-gib`` caps each
+worker's address space, so it fails alone instead of waking the kernel's OOM killer) is
+reported as such, and the ratios it would enter are left out.
 
     python benchmarks/bench_losses.py                 # SmolLM2-135M head: 4096 x 49152 x 576
     python benchmarks/bench_losses.py --json          # one JSON object with the ratios
@@ -148,6 +150,45 @@ def run_worker(args) -> dict:
     return {"method": args.method, "time_s": statistics.median(times), "peak_bytes": peak}
 
 
+def _limit_address_space(gib):
+    """A ``preexec_fn`` capping the worker's address space at ``gib`` GiB (None: no cap)."""
+    if gib is None:
+        return None
+    limit = int(gib * 2**30)
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _run_method(cmd, worker_memory_gib) -> dict:
+    """One worker's measurements, or ``{"error": ...}`` when it failed (out of memory, named as such)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_limit_address_space(worker_memory_gib))
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    out_of_memory = proc.returncode == -9 or any(
+        s in proc.stderr for s in ("MemoryError", "can't allocate memory", "Cannot allocate memory", "out of memory"))
+    if out_of_memory:
+        cap = f"the worker's cap of {worker_memory_gib:g} GiB" if worker_memory_gib else "the machine's memory"
+        return {"error": f"out of memory ({cap})"}
+    tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+    raise RuntimeError(f"{cmd[3]} failed: {tail[0]}")
+
+
+def _naive_of(method: str) -> str:
+    """The full-logits baseline a method is compared with: its divergence's ``naive_`` row."""
+    for name in DIVERGENCES:
+        if method.endswith("_" + name):
+            return "naive_" + name
+    return "naive_jsd"
+
+
+def _ratio(rows, method, baseline, key):
+    a, b = rows.get(method, {}), rows.get(baseline, {})
+    return a[key] / b[key] if key in a and key in b else None
+
+
+def _fmt(value, spec=".3f", suffix=""):
+    return "n/a (a side ran out of memory)" if value is None else f"{value:{spec}}{suffix}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096)
@@ -161,6 +202,8 @@ def main() -> None:
     p.add_argument("--divergences", nargs="*", default=[], choices=sorted(DIVERGENCES),
                    help="also measure these divergences in the chunked and fused-linear forms")
     add_json_args(p)
+    p.add_argument("--worker-memory-gib", type=float, default=None,
+                   help="cap each method's worker at this address space (a method over it is reported out of memory)")
     p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -182,19 +225,15 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--method", method, "--device", device]
             for k in ("tokens", "vocab", "hidden", "num_chunks", "chunk_size", "repeats", "dtype"):
                 cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows[method] = json.loads(out.strip().splitlines()[-1])
-        naive, fused = rows["naive_jsd"], rows["fused_linear_jsd"]
+            rows[method] = _run_method(cmd, args.worker_memory_gib)
         ratios = {
-            "fused_vs_naive_peak_memory": fused["peak_bytes"] / naive["peak_bytes"],
-            "fused_vs_naive_time": fused["time_s"] / naive["time_s"],
-            "chunked_vs_torchtune_fkl_time": rows["chunked_jsd"]["time_s"]
-            / rows["torchtune_fkl_chunked"]["time_s"],
+            "fused_vs_naive_peak_memory": _ratio(rows, "fused_linear_jsd", "naive_jsd", "peak_bytes"),
+            "fused_vs_naive_time": _ratio(rows, "fused_linear_jsd", "naive_jsd", "time_s"),
+            "chunked_vs_torchtune_fkl_time": _ratio(rows, "chunked_jsd", "torchtune_fkl_chunked", "time_s"),
         }
         for name in args.divergences:
-            naive_d, fused_d = rows[f"naive_{name}"], rows[f"fused_linear_{name}"]
-            ratios[f"fused_vs_naive_peak_memory_{name}"] = fused_d["peak_bytes"] / naive_d["peak_bytes"]
-            ratios[f"fused_vs_naive_time_{name}"] = fused_d["time_s"] / naive_d["time_s"]
+            ratios[f"fused_vs_naive_peak_memory_{name}"] = _ratio(rows, f"fused_linear_{name}", f"naive_{name}", "peak_bytes")
+            ratios[f"fused_vs_naive_time_{name}"] = _ratio(rows, f"fused_linear_{name}", f"naive_{name}", "time_s")
         report["results"][device] = {"methods": rows, **ratios}
 
     # top-level keys: the first device measured (CPU) unless --device chose one
@@ -207,19 +246,23 @@ def main() -> None:
     print(f"tokens={c['tokens']} vocab={c['vocab']} hidden={c['hidden']} dtype={c['dtype']} "
           f"repeats={c['repeats']} torch={report['torch']} threads={report['threads']}")
     for device, res in report["results"].items():
-        naive = res["methods"]["naive_jsd"]
         print(f"\n[{device}]")
         print("| method | fwd+bwd time (s) | peak memory (MiB) | time vs naive | memory vs naive |")
         print("|---|---|---|---|---|")
         for method, r in res["methods"].items():
+            if "error" in r:
+                print(f"| {method} | {r['error']} | | | |")
+                continue
+            naive = _naive_of(method)
             print(f"| {method} | {r['time_s']:.3f} | {r['peak_bytes'] / 2**20:.0f} | "
-                  f"{r['time_s'] / naive['time_s']:.2f}x | {r['peak_bytes'] / naive['peak_bytes']:.3f}x |")
-        print(f"\nfused_vs_naive_peak_memory = {res['fused_vs_naive_peak_memory']:.3f} (target <= 0.15)")
-        print(f"fused_vs_naive_time = {res['fused_vs_naive_time']:.3f} (target <= 1.0)")
-        print(f"chunked_vs_torchtune_fkl_time = {res['chunked_vs_torchtune_fkl_time']:.3f} (target <= 1.1)")
+                  f"{_fmt(_ratio(res['methods'], method, naive, 'time_s'), '.2f', 'x')} | "
+                  f"{_fmt(_ratio(res['methods'], method, naive, 'peak_bytes'), '.3f', 'x')} |")
+        print(f"\nfused_vs_naive_peak_memory = {_fmt(res['fused_vs_naive_peak_memory'])} (target <= 0.15)")
+        print(f"fused_vs_naive_time = {_fmt(res['fused_vs_naive_time'])} (target <= 1.0)")
+        print(f"chunked_vs_torchtune_fkl_time = {_fmt(res['chunked_vs_torchtune_fkl_time'])} (target <= 1.1)")
         for name in args.divergences:
-            print(f"{name}: fused_vs_naive_peak_memory = {res[f'fused_vs_naive_peak_memory_{name}']:.3f}, "
-                  f"fused_vs_naive_time = {res[f'fused_vs_naive_time_{name}']:.3f}")
+            print(f"{name}: fused_vs_naive_peak_memory = {_fmt(res[f'fused_vs_naive_peak_memory_{name}'])}, "
+                  f"fused_vs_naive_time = {_fmt(res[f'fused_vs_naive_time_{name}'])}")
 
 
 if __name__ == "__main__":
