@@ -3,7 +3,7 @@ response tokens (labels that are not ignore_index) of the rows its data steps dr
 recipe's order (the seeded sampler, batch_size items per step; a packed item's rows are counted
 by its labels), plus the tokens the student generated on its on-policy steps (metrics.jsonl).
 
-    python results/2026-11-25-workflow/tokens.py outputs/study/jsd_seed42/logs outputs/study/on_policy_jsd_seed42/logs ...
+    python results/2026-11-25-workflow/tokens.py outputs/study/*_seed4?/logs   # -> tokens.jsonl
 """
 
 import json
