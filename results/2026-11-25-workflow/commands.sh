@@ -21,8 +21,8 @@ loss_args() {  # the config (and overrides) of one loss
       kd_loss._component_=jsd_loss.DistillWithChunkedOutputLoss
       kd_loss.divergence._component_=jsd_loss.SkewKLDivergence kd_loss.divergence.alpha=0.1" ;;
     # on-policy JSD (GKD, lambda 0.5: half the steps on the student's own samples, up to 128 tokens,
-    # against the live bf16 teacher); on-policy needs unpacked rows and no cache: 4 rows a step
-    # carry about as many response tokens as 4 packs do in the other runs
+    # against the live bf16 teacher); on-policy needs unpacked rows and no cache, so 300 steps of 4
+    # rows carry ~72k response tokens (the packed runs ~105k): STEPS=420 would match them
     on_policy_jsd) echo "--config configs/smollm2/135M_to_90M_gkd_quick.yaml" ;;
     *) echo "unknown loss $1" >&2; exit 2 ;;
   esac
