@@ -20,6 +20,10 @@ loss_args() {  # the config (and overrides) of one loss
     skew_kl) echo "--config configs/smollm2/135M_to_90M_kl_quick.yaml ~kd_loss.direction
       kd_loss._component_=jsd_loss.DistillWithChunkedOutputLoss
       kd_loss.divergence._component_=jsd_loss.SkewKLDivergence kd_loss.divergence.alpha=0.1" ;;
+    # ABKD at its authors' smallest-student setting, the best of the quick-config divergence runs (#18)
+    abkd) echo "--config configs/smollm2/135M_to_90M_kl_quick.yaml ~kd_loss.direction
+      kd_loss._component_=jsd_loss.DistillWithChunkedOutputLoss
+      kd_loss.divergence._component_=jsd_loss.AlphaBetaDivergence kd_loss.divergence.alpha=0.2 kd_loss.divergence.beta=0.7" ;;
     # on-policy JSD (GKD, lambda 0.5: half the steps on the student's own samples, up to 128 tokens,
     # against the live bf16 teacher); on-policy needs unpacked rows and no cache, so 300 steps of 4
     # rows carry ~72k response tokens (the packed runs ~105k): STEPS=420 would match them
