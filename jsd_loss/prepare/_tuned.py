@@ -25,7 +25,7 @@ from jsd_loss.checkpointing import (
     weight_files,
     write_model_dir,
 )
-from jsd_loss.prepare._manifest import refuse_foreign_output, verified_manifest, write_manifest
+from jsd_loss.prepare._manifest import MANIFEST, refuse_foreign_output, verified_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ def prepare_tuned_teacher(lora_dir: Path, base_dir: Path, output_dir: Path, over
     tuned_config, base_config = read_config(lora_dir), read_config(base_dir)
     files = weight_files(lora_dir)
     digest = sha256_files(files)
-    if (verified_manifest(output_dir, kind="tuned_teacher", source_sha256=digest)
-            or verified_manifest(output_dir, kind="tuned_teacher", source_sha256=_digest_before_v2(files))):
+    if verified_manifest(output_dir, kind="tuned_teacher", source_sha256=digest) or (
+            (output_dir / MANIFEST).is_file()  # the weights are hashed again only to compare with one
+            and verified_manifest(output_dir, kind="tuned_teacher", source_sha256=_digest_before_v2(files))):
         log.info("%s already holds the tuned teacher from %s; nothing to do", output_dir, lora_dir)
         return output_dir
     refuse_foreign_output(output_dir, overwrite)
