@@ -133,7 +133,7 @@ class KDRecipeSingleDevice(FTRecipeInterface):
         self._run_identity = run_identity(  # what a resume must keep
             cfg, self.world_size, model_shape(student),
             adapter_identity(student, cfg.model.get("lora_rank"), cfg.model.get("lora_alpha")),
-            teachers=self._teachers.identity(),
+            teachers=self._teachers.identity(), on_policy=self._on_policy_config,
         )
         self._features = setup_feature_distillation(  # the layer map checked; None when off (one teacher)
             self._feature_config, self._student_hf_config, teacher_hf_configs[0], self._student_dir,

@@ -14,7 +14,7 @@ from torchtune import training
 from jsd_loss.training._adapters import ADAPTER_KEY
 from jsd_loss.training._features import FEATURE_STATE
 from jsd_loss.training._on_policy import ON_POLICY_STATE
-from jsd_loss.training._on_policy_config import on_policy_config
+from jsd_loss.training._on_policy_config import OnPolicyConfig
 
 RUN_KEY = "run"  # key of the recipe state
 RNG_KEY = "rng_states"  # one per rank
@@ -38,14 +38,13 @@ _WHY = {
 
 def run_identity(
     cfg: DictConfig, world_size: int, model_shape: Dict[str, Any], adapters: Optional[Dict[str, Any]] = None,
-    teachers: Optional[Dict[str, Any]] = None,
+    teachers: Optional[Dict[str, Any]] = None, on_policy: Optional[OnPolicyConfig] = None,
 ) -> Dict[str, Any]:
     """The settings of this run that a resume must keep (plain values: the recipe state is
     read with ``weights_only=True``); ``adapters``: the student's
     :func:`~jsd_loss.training.adapter_identity` (None: full-parameter); ``teachers``: the
     teachers' :meth:`~jsd_loss.training.TeachersConfig.identity` (None: not recorded);
-    ``on_policy``: the checked ``on_policy`` block's settings (None: off)."""
-    on_policy = on_policy_config(cfg)
+    ``on_policy``: the checked ``on_policy`` block (:func:`~jsd_loss.training.on_policy_config`; None: off)."""
     return {
         "world_size": world_size,
         "batch_size": cfg.batch_size,

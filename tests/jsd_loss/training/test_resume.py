@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from jsd_loss.training import RNG_KEY, RUN_KEY, check_resume, rng_state, run_identity, set_rng_state
+from jsd_loss.training import RNG_KEY, RUN_KEY, check_resume, on_policy_config, rng_state, run_identity, set_rng_state
 from tests.conftest import QUICK
 
 SHAPE = {"num_layers": 2, "embed_dim": 32, "num_heads": 4, "num_kv_heads": 2, "head_dim": 8,
@@ -15,7 +15,7 @@ def _identity(world_size=1, shape=SHAPE, **overrides):
     cfg = OmegaConf.load(QUICK)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, merge=False)
-    return run_identity(cfg, world_size, shape)
+    return run_identity(cfg, world_size, shape, on_policy=on_policy_config(cfg))  # as the recipe passes it
 
 
 @pytest.mark.parametrize("change, key, was, now", [
