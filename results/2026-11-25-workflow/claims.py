@@ -22,15 +22,22 @@ def stat(s, key, fmt="{:.4f}"):
     return (fmt + " ± " + fmt).format(v["mean"], v["std"]) if v["n"] > 1 else fmt.format(v["mean"])
 
 
+def paired_rows(who, model, kl):
+    """The F1 and ROUGE-L claims of ``model`` against KL, with its paired bootstrap interval."""
+    rows = []
+    for label, key in (("higher token F1", "f1"), ("higher ROUGE-L", "rougeL")):
+        p = model["paired_vs_kl"][key]
+        rows.append((f"{who} has {label} than KL", f"{stat(model, key)} vs {stat(kl, key)}; paired "
+                     f"{p['diff']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}]", verdict(p)))
+    return rows
+
+
 def main(path):
     results = json.loads(open(path).read())
     s = results["summary"]
     jsd, kl = s["jsd"], s["kl"]
     rows = []
-    for label, key in (("higher token F1", "f1"), ("higher ROUGE-L", "rougeL")):
-        p = jsd["paired_vs_kl"][key]
-        rows.append((f"JSD has {label} than KL", f"{stat(jsd, key)} vs {stat(kl, key)}; paired "
-                     f"{p['diff']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}]", verdict(p)))
+    rows += paired_rows("JSD", jsd, kl)
     rows.append(("JSD reaches a lower loss than KL (held-out NLL per token)",
                  f"{stat(jsd, 'nll_per_token')} vs {stat(kl, 'nll_per_token')} "
                  f"({jsd['relative_to_kl']['nll_per_token']:+.1%})", "see the seeds' spread"))
@@ -47,10 +54,7 @@ def main(path):
     rows.append(("F1 0.9125", f"JSD {stat(jsd, 'f1')}, teacher {stat(s[next(iter(s))], 'f1')}", ""))
     if "on_policy_jsd" in s:  # the same claims for JSD on the student's own samples (GKD)
         gkd = s["on_policy_jsd"]
-        for label, key in (("higher token F1", "f1"), ("higher ROUGE-L", "rougeL")):
-            p = gkd["paired_vs_kl"][key]
-            rows.append((f"on-policy JSD has {label} than KL", f"{stat(gkd, key)} vs {stat(kl, key)}; paired "
-                         f"{p['diff']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}]", verdict(p)))
+        rows += paired_rows("on-policy JSD", gkd, kl)
         rows.append(("on-policy JSD reaches a lower held-out NLL than KL",
                      f"{stat(gkd, 'nll_per_token')} vs {stat(kl, 'nll_per_token')} "
                      f"({gkd['relative_to_kl']['nll_per_token']:+.1%})", "see the seeds' spread"))
