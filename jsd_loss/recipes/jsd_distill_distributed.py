@@ -4,10 +4,10 @@
 #
 #   tune run --nproc_per_node 2 jsd_loss/recipes/jsd_distill_distributed.py --config ...
 #
-# It reuses the single-device recipe class (a recipe subclassing a recipe, deliberately: the
-# setup is one) and replaces only what distribution changes, so the two cannot drift apart;
-# model setup, the optimizer-step loop (TrainLoop, given this recipe's collectives as
-# RankHooks) and saving are jsd_loss.training's for both:
+# Both recipes subclass jsd_loss.training's KDRecipeBase (setup, the optimizer-step loop,
+# saving, cleanup), so the two cannot drift apart; this one says what distribution changes
+# (how weights reach a model, what saving gathers, the collectives TrainLoop is handed as
+# RankHooks):
 #   - process group: NCCL on CUDA, gloo on CPU (initialised in recipe_main);
 #   - student and teacher (each of ``teachers:`` alike) built on meta and sharded with FSDP2
 #     (training.shard_model; also custom_sharded_layers), weights loaded from the full state
@@ -40,11 +40,10 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.distributed.tensor import DTensor
 from torchtune import config, training, utils
 
-from jsd_loss.recipes.jsd_distill_single_device import KDRecipeSingleDevice
-from jsd_loss.training import NOT_IMPLEMENTED, RankHooks, output_weight
+from jsd_loss.training import NOT_IMPLEMENTED, KDRecipeBase, RankHooks, output_weight
 
 
-class KDRecipeDistributed(KDRecipeSingleDevice):
+class KDRecipeDistributed(KDRecipeBase):
     """Knowledge distillation with FSDP2 across ``torchrun`` processes (any number of nodes).
 
     Args:

@@ -1,7 +1,8 @@
-"""What the recipes share: model and adapter setup, model shapes against checkpoints, input
-and config-key checks, precision, data loading, the KD step and the optimizer-step loop,
-feature distillation, on-policy (generated) batches, run directories and checkpoints, saving
-by model family, peak memory, metric logging."""
+"""What the recipes share: the distillation recipes' core (KDRecipeBase: setup, training,
+saving), model and adapter setup, model shapes against checkpoints, input and config-key
+checks, precision, data loading, the KD step and the optimizer-step loop, feature
+distillation, on-policy (generated) batches, run directories and checkpoints, saving by model
+family, peak memory, metric logging."""
 
 from jsd_loss.training._adapters import (
     ADAPTER_KEY,
@@ -101,6 +102,7 @@ from jsd_loss.training._teacher_cache import (
     unpacked,
 )
 from jsd_loss.training._train_loop import LoopSettings, RankHooks, TrainLoop
+from jsd_loss.training._recipe import KDRecipeBase
 from jsd_loss.training._shapes import (
     SHAPE_KEYS,
     check_model_shape,
@@ -127,6 +129,7 @@ __all__ = [
     "FeatureMap",
     "JSONLMetricLogger",
     "KDLosses",
+    "KDRecipeBase",
     "LLAMA_LAYOUT",
     "LoopSettings",
     "LoRA",
