@@ -10,7 +10,7 @@ TUNE=.venv/bin/tune
 PY=.venv/bin/python
 SEEDS=${SEEDS:-"42 43 44"}
 LOSSES=${LOSSES:-"jsd kl"}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-300}  # runs of other step counts get their own directories: <loss>_<STEPS>_seed<N>
 TEACHER=$OUT/teacher
 STUDENT=$OUT/student
 
@@ -26,9 +26,9 @@ loss_args() {  # the config (and overrides) of one loss
       kd_loss.divergence._component_=jsd_loss.AlphaBetaDivergence kd_loss.divergence.alpha=0.2 kd_loss.divergence.beta=0.7" ;;
     # on-policy JSD (GKD, lambda 0.5: half the steps on the student's own samples, up to 128 tokens,
     # against the live bf16 teacher); on-policy needs unpacked rows and no cache, so 300 steps of 4
-    # rows carry ~72k response tokens (the packed runs ~105k); on_policy_jsd_420 is the same loss
-    # for 420 steps (~100k tokens: the study's minimum), in its own output directories
-    on_policy_jsd|on_policy_jsd_420) echo "--config configs/smollm2/135M_to_90M_gkd_quick.yaml" ;;
+    # rows carry ~72k response tokens (the packed runs ~105k); STEPS=420 reaches ~100k (the study's
+    # minimum), in on_policy_jsd_420_seed<N>
+    on_policy_jsd) echo "--config configs/smollm2/135M_to_90M_gkd_quick.yaml" ;;
     *) echo "unknown loss $1" >&2; exit 2 ;;
   esac
 }
@@ -39,15 +39,8 @@ data_args() {  # on-policy steps can use neither packing nor the cache
   case $1 in
     # keep_freed_cpu_memory (the config's True) let seed 42's RSS grow to 10 GiB over 300 steps;
     # off, seeds 43 and 44 fit in RAM side by side (the allocator changes speed, not values)
-    on_policy_jsd*) echo "dataset.packed=False keep_freed_cpu_memory=False" ;;
+    on_policy_jsd) echo "dataset.packed=False keep_freed_cpu_memory=False" ;;
     *) cached_data $2 ;;
-  esac
-}
-
-steps() {  # optimizer steps of one loss's runs
-  case $1 in
-    on_policy_jsd_420) echo 420 ;;
-    *) echo $STEPS ;;
   esac
 }
 
@@ -64,23 +57,22 @@ train() {
   $PY -m jsd_loss.prepare student --teacher-dir "$TEACHER" --output-dir "$STUDENT"
   for seed in $SEEDS; do
     common=(teacher_dir=$TEACHER student_dir=$STUDENT
-            seed=$seed batch_size=4
+            seed=$seed max_steps_per_epoch=$STEPS batch_size=4
             lr_scheduler.num_warmup_steps=15 save_every_n_steps=50)
     # 3. the teacher's top-128 distributions at every response token this seed's runs draw
     #    (only the off-policy losses read it)
-    if [ -n "$(echo $LOSSES | tr ' ' '\n' | grep -v '^on_policy_jsd')" ]; then
+    if [ -n "$(echo $LOSSES | tr ' ' '\n' | grep -vx on_policy_jsd)" ]; then
       $TUNE run jsd_loss/recipes/cache_teacher.py --config configs/smollm2/135M_to_90M_jsd_quick.yaml \
-        "${common[@]}" max_steps_per_epoch=$STEPS $(cached_data $seed) cache.rows=run dtype=bf16
+        "${common[@]}" $(cached_data $seed) cache.rows=run dtype=bf16
     fi
     # 4. JSD (beta 0.5), forward KL and skew KL (alpha 0.1, forward), identical otherwise;
-    #    on-policy JSD (LOSSES="on_policy_jsd on_policy_jsd_420") without packing or cache
+    #    on-policy JSD (LOSSES=on_policy_jsd) without packing or cache
     for loss in $LOSSES; do
-      run=$OUT/${loss}_seed$seed
+      run=$OUT/${loss}$([ "$STEPS" = 300 ] || echo _$STEPS)_seed$seed  # a changed step count cannot resume
       if [ -d "$run/final" ]; then echo "$run/final exists"; continue; fi
       resume=False
       if ls -d "$run"/step_* >/dev/null 2>&1; then resume=True; fi
-      $TUNE run jsd_loss/recipes/jsd_distill_single_device.py $(loss_args $loss) "${common[@]}" max_steps_per_epoch=$(steps $loss) \
-        $(data_args $loss $seed) \
+      $TUNE run jsd_loss/recipes/jsd_distill_single_device.py $(loss_args $loss) "${common[@]}" $(data_args $loss $seed) \
         output_dir=$run resume_from_checkpoint=$resume overwrite_output=True
     done
   done
