@@ -10,6 +10,11 @@ from omegaconf import OmegaConf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # one thread per worker (and per process it starts): the workers already fill the cores,
+    # and more threads than cores on tiny models cost more than they give
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 DOLLY = REPO.parent / "shared" / "data" / "databricks-dolly-15k" / "databricks-dolly-15k.jsonl"
