@@ -6,7 +6,7 @@
 # 3e-4; LOSSES=jsd does the same for the study's JSD runs. Run from the repository root after the
 # study's `commands.sh train` (its outputs are reused):
 #   bash results/2026-11-26-learning-rate/commands.sh train   # 2 runs, ~25 min each on one core
-#   bash results/2026-11-26-learning-rate/commands.sh eval    # 229 held-out prompts (score cache)
+#   bash results/2026-11-26-learning-rate/commands.sh eval    # 229 held-out prompts (score cache), KL then JSD
 # Idempotent: a finished run is skipped, a killed one resumes from its last checkpoint.
 set -euo pipefail
 STUDY=${STUDY_OUT:-outputs/study}
@@ -31,7 +31,10 @@ train() {
 
 case "${1:-}" in
   train) train ;;
-  eval) $TUNE run jsd_loss/recipes/eval_distill.py --config results/2026-11-26-learning-rate/eval.yaml \
-          output_dir=$STUDY/eval_lr ;;
+  eval)  # forward KL (eval.yaml), then JSD (eval_jsd.yaml: the LOSSES=jsd runs)
+    $TUNE run jsd_loss/recipes/eval_distill.py --config results/2026-11-26-learning-rate/eval.yaml \
+      output_dir=$STUDY/eval_lr
+    $TUNE run jsd_loss/recipes/eval_distill.py --config results/2026-11-26-learning-rate/eval_jsd.yaml \
+      output_dir=$STUDY/eval_lr_jsd ;;
   *) echo "usage: $0 train|eval" >&2; exit 2 ;;
 esac
